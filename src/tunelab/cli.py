@@ -1,0 +1,129 @@
+"""The command line: parse, call a recipe, print. One function per command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from tunelab.errors import UserError
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="tunelab", description="Fine-tune pretrained PyTorch models and measure the result.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = commands.add_parser("train", help="fine-tune from a YAML config")
+    train.add_argument("config", help="YAML run config")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set optim.lr=1e-4 (repeatable)")
+    train.add_argument("--output", "-o", help="run directory (default: output_dir, else runs/<config name>)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    _common(train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a finished run")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--data", help="a labelled file (or image folder) to evaluate instead of the run's splits")
+    _common(evaluate)
+
+    predict = commands.add_parser("predict", help="predict labels with a finished run")
+    predict.add_argument("run_dir")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="csv/tsv/jsonl/parquet/txt file, an image, or a folder of images")
+    source.add_argument("--text", action="append", help="text to classify (repeatable)")
+    _common(predict)
+
+    demo = commands.add_parser("demo", help="transfer learning on digits in about a minute")
+    demo.add_argument("--output", "-o", default="runs/demo", help="where the demo writes (default runs/demo)")
+    _common(demo)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def cmd_train(args) -> dict:
+    from tunelab.config import load_config
+    from tunelab.recipes.train import run_training
+    from tunelab.report import terminal
+    from tunelab.rundir import REPORT, prepare_run_dir
+
+    config = load_config(args.config, args.overrides)
+    output = args.output or config.output_dir or f"runs/{Path(args.config).stem}"
+    run_dir = prepare_run_dir(output, args.overwrite)
+    results = run_training(config, run_dir, stderr, progress=not (args.quiet or args.json))
+    if not args.json and _is_main_process():
+        for warning in terminal.warnings_for(results):
+            stderr.print(f"[yellow]warning:[/] {warning}")
+        stdout.print(terminal.results_table(results))
+        for line in terminal.run_summary_lines(results):
+            stdout.print(line)
+        stdout.print(f"run directory: {run_dir}   report: {run_dir / REPORT}")
+    return {"run_dir": str(run_dir), **results}
+
+
+def cmd_eval(args) -> dict:
+    from tunelab.recipes.evaluate import run_evaluation
+    from tunelab.report.terminal import metrics_only_table
+
+    metrics = run_evaluation(Path(args.run_dir), args.data, progress=not (args.quiet or args.json))
+    if not args.json:
+        stdout.print(metrics_only_table(metrics, f"evaluation of {args.run_dir}"))
+    return metrics
+
+
+def cmd_predict(args) -> list[dict]:
+    from tunelab.recipes.predict import run_prediction
+    from tunelab.report.terminal import predictions_table
+
+    rows = run_prediction(Path(args.run_dir), args.input, args.text)
+    if not args.json:
+        stdout.print(predictions_table(rows))
+    return rows
+
+
+def cmd_demo(args) -> dict:
+    from tunelab.recipes.demo import run_demo
+
+    return run_demo(Path(args.output), stdout, stderr, show=not args.json, progress=not (args.quiet or args.json))
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo}
+
+
+def _is_main_process() -> bool:
+    from accelerate.state import PartialState
+
+    return PartialState().is_main_process
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        output = COMMANDS[args.command](args)
+        if args.json and _is_main_process():
+            print(json.dumps(output, indent=2, default=str))
+        return 0
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The run schema: every option, its default and its allowed values, in one place.
+
+A config is read from YAML, patched with ``--set dotted.key=value`` overrides and validated once
+by pydantic. Any problem becomes a :class:`UserError` naming the key path and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.errors import UserError
+
+SUPPORTED_TASKS = ("text-classification", "image-classification")
+PLANNED_TASKS = ("token-classification", "causal-lm", "seq2seq", "image-text")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    source: str = Field(
+        "minilm",
+        description="minilm | cnn | digits-cnn | a local Hugging Face folder | package.module:function",
+    )
+    trust_remote_code: bool = False
+    dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override every dropout rate")
+    gradient_checkpointing: bool = False
+
+
+class DataConfig(Section):
+    train: str = Field(..., description="a csv/tsv/jsonl/parquet file, an image folder, or 'digits'")
+    validation: str | None = None
+    test: str | None = None
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    max_length: int = Field(128, ge=8, le=8192)
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+    image_size: int | None = Field(None, ge=4, le=2048)
+    # Built-in digits only: which classes make the task and how many training images per class.
+    digits_classes: list[int] = Field(default_factory=lambda: list(range(10)))
+    digits_train_per_class: int | None = Field(None, ge=1)
+    digits_validation_per_class: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _digits_classes_valid(self) -> DataConfig:
+        bad = [c for c in self.digits_classes if not 0 <= c <= 9]
+        if bad or len(set(self.digits_classes)) < 2:
+            raise ValueError("digits_classes needs two or more distinct digits in 0..9")
+        return self
+
+
+class StrategyConfig(Section):
+    name: Literal["full", "partial"] = "full"
+    freeze: list[str] = Field(default_factory=list, description="module-name glob patterns")
+    train_last_n_blocks: int | None = Field(None, ge=0)
+    freeze_norm_stats: bool = False
+
+    @model_validator(mode="after")
+    def _partial_needs_a_rule(self) -> StrategyConfig:
+        if self.name == "partial" and not self.freeze and self.train_last_n_blocks is None:
+            raise ValueError("partial needs strategy.freeze patterns or strategy.train_last_n_blocks")
+        return self
+
+
+class OptimConfig(Section):
+    name: Literal["adamw", "adam", "rmsprop", "sgd"] = "adamw"
+    lr: float = Field(5e-5, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+
+
+class ScheduleConfig(Section):
+    name: Literal["constant", "linear", "cosine", "exponential", "one-cycle"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    gamma: float = Field(0.999, gt=0.0, le=1.0, description="per-step decay for exponential")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="floor for cosine, as lr fraction")
+
+
+class EarlyStoppingConfig(Section):
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1, description="global batch, split over processes")
+    eval_batch_size: int = Field(64, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    eval_every: Literal["epoch"] | int = "epoch"
+    log_every: int = Field(10, ge=1)
+    metric: Literal["accuracy", "f1", "precision", "recall", "auc", "loss"] = "accuracy"
+    early_stopping: EarlyStoppingConfig | None = None
+    load_best_at_end: bool = True
+
+    @model_validator(mode="after")
+    def _eval_every_positive(self) -> TrainConfig:
+        if isinstance(self.eval_every, int) and self.eval_every < 1:
+            raise ValueError("eval_every must be 'epoch' or a positive number of steps")
+        return self
+
+
+class EvaluateConfig(Section):
+    base: bool = Field(True, description="evaluate the model before training")
+    max_train_examples: int | None = Field(
+        2000, ge=1, description="cap on train examples scored for the train/validation gap"
+    )
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    task: Literal[SUPPORTED_TASKS + PLANNED_TASKS] = "text-classification"  # type: ignore[valid-type]
+    seed: int = 42
+    output_dir: str | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _task_supported(self) -> RunConfig:
+        if self.task in PLANNED_TASKS:
+            raise ValueError(
+                f"task '{self.task}' is planned but not available yet; "
+                f"use one of: {', '.join(SUPPORTED_TASKS)}"
+            )
+        return self
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
+    """Read YAML (or start from ``base``), apply ``--set`` overrides, validate."""
+    raw: dict[str, Any] = dict(base or {})
+    if path is not None:
+        raw = read_yaml(Path(path))
+    for override in overrides:
+        apply_override(raw, override)
+    return validate(raw, source=str(path) if path else "config")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{path}: invalid YAML{where}") from None
+    if loaded is None:
+        raise UserError(f"{path}: the config file is empty")
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: a config must be a mapping of keys to values")
+    return loaded
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``dotted.key=value``; the value is parsed as YAML (so 1e-4, true, [a, b] work)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {override!r}: expected dotted.key=value")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"--set {key}: '{'.'.join(parts[: depth + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(f"{source}: {describe_error(error)}") from None
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line for the first problem: the key path, what is wrong, what is allowed."""
+    first = error.errors()[0]
+    path = _clean_path(first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        section = _section_model(first["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else ""
+        return f"unknown key '{path}'" + (f"; allowed here: {allowed}" if allowed else "")
+    if kind == "missing":
+        return f"missing required key '{path}'"
+    message = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+    return f"{path}: {message}{shown}" if path else f"{message}{shown}"
+
+
+def _clean_path(loc: tuple) -> str:
+    # pydantic adds union-branch names like 'int' or "literal['epoch']" to the location.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in ("int", "float", "str", "bool")))]
+    return ".".join(parts)
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,130 @@
+"""Data: read every split, map labels, hold out validation, then tokenise or decode.
+
+Two stages because the label count must be known before the model is built, and the
+model's own tokenizer or image processor is needed to prepare the inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset
+
+from tunelab.config import RunConfig
+from tunelab.data import digits
+from tunelab.data.images import load_images
+from tunelab.data.labels import LabelMap
+from tunelab.data.readers import RawSplit, image_folder_split, table_split
+from tunelab.data.text import tokenize
+from tunelab.errors import UserError
+
+BUILTIN_DIGITS = "digits"
+
+
+@dataclass
+class RawData:
+    splits: dict[str, RawSplit]
+    labels: LabelMap
+    channels: int = 3
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreparedData:
+    datasets: dict[str, Dataset]
+    labels: LabelMap
+    truncated: dict[str, int]
+    notes: list[str]
+
+
+def read_data(config: RunConfig) -> RawData:
+    """Read train/validation/test, hold out validation if needed, build the label map."""
+    data = config.data
+    if data.train == BUILTIN_DIGITS:
+        return _read_digits(config)
+    reader = _reader_for(config)
+    splits = {"train": reader(data.train, "train")}
+    for role in ("validation", "test"):
+        path = getattr(data, role)
+        if path:
+            splits[role] = reader(path, role)
+    notes = []
+    if "validation" not in splits:
+        splits["train"], splits["validation"] = _hold_out(splits["train"], data.validation_fraction, config.seed)
+        notes.append(f"validation: {data.validation_fraction:.0%} of train held out (stratified)")
+    if data.max_train_examples and len(splits["train"].labels) > data.max_train_examples:
+        splits["train"] = _subsample(splits["train"], data.max_train_examples, config.seed)
+        notes.append(f"train: limited to {data.max_train_examples} examples")
+    if data.max_eval_examples:
+        for role in ("validation", "test"):
+            if role in splits and len(splits[role].labels) > data.max_eval_examples:
+                splits[role] = _subsample(splits[role], data.max_eval_examples, config.seed)
+    labels = LabelMap.from_labels(splits["train"].labels)
+    for name, split in splits.items():
+        labels.encode(split.labels, name)  # fail early on a class train never saw
+    return RawData(splits, labels, notes=notes)
+
+
+def prepare_data(raw: RawData, loaded, config: RunConfig) -> PreparedData:
+    """Turn raw splits into datasets with the model's tokenizer or image transform."""
+    datasets, truncated = {}, {}
+    for name, split in raw.splits.items():
+        ids = raw.labels.encode(split.labels, name)
+        if config.data.train == BUILTIN_DIGITS:
+            datasets[name] = digits.as_dataset(split.inputs, ids)
+        elif config.task == "text-classification":
+            datasets[name], truncated[name] = tokenize(loaded.tokenizer, split.inputs, ids, config.data.max_length)
+        else:
+            datasets[name] = load_images(split.inputs, ids, loaded.image_transform, name)
+    return PreparedData(datasets, raw.labels, truncated, raw.notes)
+
+
+def _reader_for(config: RunConfig):
+    if config.task == "image-classification":
+        return image_folder_split
+    data = config.data
+    return lambda path, role: table_split(path, role, data.text_column, data.label_column, data.text_pair_column)
+
+
+def _read_digits(config: RunConfig) -> RawData:
+    data = config.data
+    if config.task != "image-classification":
+        raise UserError("data.train: the built-in 'digits' needs task: image-classification")
+    for role in ("validation", "test"):
+        if getattr(data, role):
+            raise UserError(f"data.{role}: the built-in 'digits' makes its own splits; remove this key")
+    parts = digits.digits_splits(
+        data.digits_classes, data.digits_train_per_class, data.digits_validation_per_class, config.seed
+    )
+    splits = {name: RawSplit(name, images, names, "sklearn digits") for name, (images, names) in parts.items()}
+    labels = LabelMap.from_labels(splits["train"].labels)
+    return RawData(splits, labels, channels=1)
+
+
+def _hold_out(split: RawSplit, fraction: float, seed: int) -> tuple[RawSplit, RawSplit]:
+    indices = np.arange(len(split.labels))
+    counts = np.unique(split.labels, return_counts=True)[1]
+    stratify = split.labels if counts.min() >= 2 else None
+    try:
+        train_idx, val_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
+    except ValueError as error:
+        raise UserError(f"data.validation_fraction: cannot hold out {fraction} of train: {error}") from None
+    return _take(split, train_idx, "train"), _take(split, val_idx, "validation")
+
+
+def _subsample(split: RawSplit, size: int, seed: int) -> RawSplit:
+    indices = np.arange(len(split.labels))
+    counts = np.unique(split.labels, return_counts=True)[1]
+    stratify = split.labels if counts.min() >= 2 and size >= len(counts) else None
+    chosen, _ = train_test_split(indices, train_size=size, random_state=seed, stratify=stratify)
+    return _take(split, np.sort(chosen), split.name)
+
+
+def _take(split: RawSplit, indices, name: str) -> RawSplit:
+    if hasattr(split.inputs, "index_select"):  # a tensor of images (built-in digits)
+        inputs = split.inputs[list(indices)]
+    else:
+        inputs = [split.inputs[i] for i in indices]
+    return RawSplit(name, inputs, [split.labels[i] for i in indices], split.source)

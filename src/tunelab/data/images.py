@@ -1,0 +1,69 @@
+"""Decode, resize and normalise images into tensors.
+
+Hugging Face vision models bring their own image processor and we use it. Built-in and custom
+modules get the minimal equivalent (resize, scale to [0, 1], normalise with mean/std 0.5),
+written here because torchvision cannot be installed beside this torch build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from tunelab.errors import UserError
+
+
+class TensorImageDataset(Dataset):
+    def __init__(self, pixel_values: torch.Tensor, labels: list[int]):
+        self.pixel_values = pixel_values
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+
+
+def open_image(path: Path, role: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise UserError(f"data.{role}: cannot decode image {path}: {type(error).__name__}") from None
+
+
+class SimpleImageTransform:
+    """Resize to a square, scale to [0, 1], normalise each channel with mean and std."""
+
+    def __init__(self, size: int, mean: float = 0.5, std: float = 0.5):
+        self.size, self.mean, self.std = size, mean, std
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        arrays = [
+            np.asarray(image.resize((self.size, self.size), Image.BILINEAR), dtype=np.float32) / 255.0
+            for image in images
+        ]
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        return (batch - self.mean) / self.std
+
+    def settings(self) -> dict:
+        return {"image_size": self.size, "mean": self.mean, "std": self.std}
+
+
+def processor_transform(processor):
+    """Wrap a Hugging Face image processor to the same call shape as SimpleImageTransform."""
+
+    def transform(images: list[Image.Image]) -> torch.Tensor:
+        return processor(images=images, return_tensors="pt")["pixel_values"]
+
+    return transform
+
+
+def load_images(paths: list[Path], labels: list[int], transform, role: str) -> TensorImageDataset:
+    pixel_values = transform([open_image(Path(path), role) for path in paths])
+    return TensorImageDataset(pixel_values, labels)

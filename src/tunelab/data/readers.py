@@ -1,0 +1,120 @@
+"""Read tables (csv, tsv, jsonl, parquet) and image folders into plain Python lists.
+
+Every failure a user can cause (missing file, empty file, wrong encoding, missing column,
+unparseable content) becomes a one-line :class:`UserError` naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tunelab.errors import UserError
+
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class RawSplit:
+    """Inputs (texts, text pairs or image paths) with their labels as written in the file."""
+
+    name: str
+    inputs: list
+    labels: list
+    source: str
+
+
+def read_table(path: str | Path, role: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data.{role}: file not found: {path}")
+    if path.is_dir():
+        raise UserError(f"data.{role}: {path} is a folder; text data must be a csv/tsv/jsonl/parquet file")
+    kind = TABLE_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(
+            f"data.{role}: unsupported file type '{path.suffix}' ({path}); "
+            f"use one of {', '.join(sorted(TABLE_SUFFIXES))}"
+        )
+    if path.stat().st_size == 0:
+        raise UserError(f"data.{role}: {path} is empty")
+    try:
+        if kind == "parquet":
+            frame = pd.read_parquet(path)
+        elif kind == "jsonl":
+            frame = pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
+        else:
+            frame = pd.read_csv(
+                path, sep="\t" if kind == "tsv" else ",", encoding="utf-8", dtype=str,
+                keep_default_na=False, quoting=3 if kind == "tsv" else 0,
+            )
+    except UnicodeDecodeError as error:
+        raise UserError(f"data.{role}: {path} is not UTF-8 text (bad byte at offset {error.start})") from None
+    except (ValueError, pd.errors.ParserError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"data.{role}: cannot parse {path}: {first_line}") from None
+    if frame.empty:
+        raise UserError(f"data.{role}: {path} has no data rows")
+    return frame
+
+
+def table_split(
+    path: str | Path, role: str, text_column: str, label_column: str, pair_column: str | None = None
+) -> RawSplit:
+    frame = read_table(path, role)
+    needed = [text_column, label_column] + ([pair_column] if pair_column else [])
+    for column in needed:
+        if column not in frame.columns:
+            available = ", ".join(map(str, frame.columns))
+            raise UserError(f"data.{role}: column '{column}' not in {path}; columns are: {available}")
+    texts = _text_column(frame, text_column, role, path)
+    inputs = list(zip(texts, _text_column(frame, pair_column, role, path), strict=True)) if pair_column else texts
+    labels = frame[label_column].tolist()
+    missing = [row for row, label in enumerate(labels) if _is_blank(label)]
+    if missing:
+        raise UserError(
+            f"data.{role}: {len(missing)} row(s) of {path} have no '{label_column}' (first: data row {missing[0] + 1})"
+        )
+    return RawSplit(role, inputs, [_label_text(label) for label in labels], str(path))
+
+
+def _text_column(frame: pd.DataFrame, column: str, role: str, path: Path) -> list[str]:
+    values = frame[column].tolist()
+    blank = [row for row, value in enumerate(values) if _is_blank(value)]
+    if blank:
+        raise UserError(
+            f"data.{role}: {len(blank)} row(s) of {path} have an empty '{column}' (first: data row {blank[0] + 1})"
+        )
+    return [str(value) for value in values]
+
+
+def _is_blank(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
+
+
+def _label_text(label: object) -> str:
+    # 1 and 1.0 and "1" name the same class whichever reader produced them.
+    if isinstance(label, float) and label.is_integer():
+        return str(int(label))
+    return str(label).strip()
+
+
+def image_folder_split(path: str | Path, role: str) -> RawSplit:
+    """One sub-folder per class; every image file inside it is an example of that class."""
+    root = Path(path)
+    if not root.exists():
+        raise UserError(f"data.{role}: folder not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"data.{role}: {root} is not a folder; images need one sub-folder per class")
+    inputs, labels = [], []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for file in sorted(class_dir.rglob("*")):
+            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                inputs.append(file)
+                labels.append(class_dir.name)
+    if not inputs:
+        raise UserError(f"data.{role}: no images found in class sub-folders of {root}")
+    return RawSplit(role, inputs, labels, str(root))

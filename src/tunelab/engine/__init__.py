@@ -1,0 +1,1 @@
+"""Engine: the loop on Accelerate, optimizers and schedules, callbacks, checkpoints."""

@@ -1,0 +1,11 @@
+"""The one exception type for mistakes a user can fix (bad config, bad data, missing file).
+
+The command line turns it into a single line on stderr and exit code 2; anything else that
+escapes is our bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem in what the user gave us, explained in one line."""
+
+    exit_code = 2

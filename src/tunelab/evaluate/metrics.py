@@ -1,0 +1,46 @@
+"""Classification metrics from logits: loss, accuracy, macro precision/recall/F1, ROC-AUC
+(binary, or one-vs-rest macro), and the confusion matrix, computed with scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
+    logits = logits.float()
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    probabilities = torch.softmax(logits, dim=-1).numpy()
+    truth = labels.numpy()
+    predicted = probabilities.argmax(axis=-1)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        truth, predicted, labels=list(range(num_labels)), average="macro", zero_division=0
+    )
+    return {
+        "loss": loss,
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "auc": _auc(truth, probabilities, num_labels),
+        "examples": int(len(truth)),
+        "confusion_matrix": confusion_matrix(truth, predicted, labels=list(range(num_labels))).tolist(),
+    }
+
+
+def _auc(truth: np.ndarray, probabilities: np.ndarray, num_labels: int) -> float | None:
+    """None when AUC is undefined: a split holding fewer than two classes."""
+    present = np.unique(truth)
+    if len(present) < 2:
+        return None
+    if num_labels == 2:
+        return float(roc_auc_score(truth, probabilities[:, 1]))
+    if len(present) < num_labels:
+        # One-vs-rest over the classes present; renormalise so rows still sum to one.
+        subset = probabilities[:, present]
+        subset = subset / subset.sum(axis=1, keepdims=True)
+        if len(present) == 2:
+            return float(roc_auc_score(truth == present[1], subset[:, 1]))
+        return float(roc_auc_score(truth, subset, multi_class="ovr", average="macro", labels=present))
+    return float(roc_auc_score(truth, probabilities, multi_class="ovr", average="macro"))

@@ -1,0 +1,43 @@
+"""``digits-cnn``: the demo CNN pretrained on digits 0-4, built with tunelab itself and cached.
+
+The cache lives in ``$TUNELAB_CACHE`` (default ``~/.cache/tunelab``); the first use trains it
+(a few seconds on CPU) and later uses load it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+PRETRAIN_CONFIG = {
+    "task": "image-classification",
+    "seed": 0,
+    "model": {"source": "cnn"},
+    "data": {"train": "digits", "digits_classes": [0, 1, 2, 3, 4]},
+    "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
+    "schedule": {"name": "cosine", "warmup_ratio": 0.05},
+    "train": {"epochs": 15, "batch_size": 32, "log_every": 10},
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab")
+
+
+def digits_cnn_folder() -> Path:
+    target = cache_dir() / "digits-cnn-0-4"
+    if (target / "model" / "tunelab.json").exists():
+        return target / "model"
+    from tunelab.config import validate
+    from tunelab.recipes.train import run_training
+
+    staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    run_training(validate(PRETRAIN_CONFIG), staging, progress=False)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first; keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / "model"

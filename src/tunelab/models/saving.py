@@ -1,0 +1,52 @@
+"""Save a model folder that tunelab (and, for Hugging Face models, plain transformers) reloads.
+
+Weights are safetensors. The folder is written under a temporary name and renamed into place,
+so a crash never leaves a half-written model where a complete one is expected.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from safetensors.torch import save_model as save_safetensors
+from torch import nn
+
+from tunelab.io import write_json
+from tunelab.models.loading import TUNELAB_META, LoadedModel
+
+FORMAT_VERSION = 1
+
+
+def save_model(loaded: LoadedModel, model: nn.Module, folder: Path, labels, task: str) -> Path:
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if loaded.kind == "hf":
+        model.save_pretrained(staging, safe_serialization=True)
+        for processor in (loaded.tokenizer, loaded.image_processor):
+            if processor is not None:
+                processor.save_pretrained(staging)
+    else:
+        save_safetensors(model, str(staging / "model.safetensors"))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": loaded.kind,
+        "source": loaded.source,
+        "init_kwargs": loaded.init_kwargs,
+        "task": task,
+        "labels": list(labels.names),
+        "preprocessing": loaded.preprocessing,
+    }
+    write_json(staging / TUNELAB_META, meta)
+    write_json(staging / "label_map.json", {"id2label": labels.id2label, "label2id": labels.label2id})
+    if folder.exists():
+        previous = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(previous, ignore_errors=True)
+        folder.rename(previous)
+        staging.rename(folder)
+        shutil.rmtree(previous)
+    else:
+        staging.rename(folder)
+    return folder

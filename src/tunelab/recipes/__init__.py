@@ -1,0 +1,1 @@
+"""Recipes: the script of one command, walking config -> data -> model -> strategy -> engine."""

@@ -1,0 +1,50 @@
+"""Process-level set-up shared by every recipe: quiet libraries, seeds, the Accelerator."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import torch
+
+from tunelab.config import TrainConfig
+from tunelab.errors import UserError
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def make_accelerator(train: TrainConfig):
+    """A fresh Accelerator; batches are global and split across processes (split_batches)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DataLoaderConfiguration
+
+    cuda = torch.cuda.is_available()
+    if train.mixed_precision == "fp16" and not cuda:
+        raise UserError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 on CPU")
+    # Several runs in one process (demo, tests) each get their own settings.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    accelerator = Accelerator(
+        mixed_precision=train.mixed_precision,
+        gradient_accumulation_steps=train.grad_accum_steps,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        cpu=not cuda,
+    )
+    for name, size in (("train.batch_size", train.batch_size), ("train.eval_batch_size", train.eval_batch_size)):
+        if size % accelerator.num_processes:
+            raise UserError(f"{name}: {size} does not divide over {accelerator.num_processes} processes")
+    return accelerator
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

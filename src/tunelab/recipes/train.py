@@ -1,0 +1,133 @@
+"""`tunelab train`: one fine-tuning run from a validated config to a finished run directory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from rich.console import Console
+from torch.utils.data import Subset
+
+from tunelab.config import RunConfig, dump_config
+from tunelab.data import prepare_data, read_data
+from tunelab.data.collate import make_collate
+from tunelab.engine.callbacks import BestWeights, EarlyStopping, MetricsFile, ProgressBar
+from tunelab.engine.data_loading import eval_loader, train_loader
+from tunelab.engine.loop import fit
+from tunelab.engine.optim import build_optimizer
+from tunelab.engine.schedules import build_scheduler
+from tunelab.evaluate import classification_loss, evaluate_split
+from tunelab.io import write_atomic, write_json
+from tunelab.models import load_model, save_model
+from tunelab.models.loading import count_parameters
+from tunelab.recipes.runtime import make_accelerator, peak_memory_mb, quiet_libraries
+from tunelab.rundir import BEST, CONFIG, METRICS, MODEL, REPORT, RESULTS
+from tunelab.strategies import build_strategy
+
+
+def run_training(config: RunConfig, run_dir: Path, console: Console | None = None, progress: bool = True) -> dict:
+    """Train, evaluate before and after, save the model, results and report. Returns results."""
+    quiet_libraries()
+    console = console or Console(stderr=True)
+    accelerator = make_accelerator(config.train)
+    main = accelerator.is_main_process
+    if main:
+        write_atomic(run_dir / CONFIG, dump_config(config))
+    set_seed(config.seed)
+
+    raw = read_data(config)
+    loaded = load_model(config, raw.labels, raw.channels)
+    data = prepare_data(raw, loaded, config)
+    strategy = build_strategy(config.strategy)
+    model = strategy.apply(loaded.model)
+    trainable, total = count_parameters(model)
+    optimizer = build_optimizer(strategy.parameter_groups(model, config.optim), config.optim)
+
+    collate = make_collate(loaded, config.task)
+    train_dl, sampler = train_loader(data.datasets["train"], config.train.batch_size, collate, config.seed)
+    eval_sets = _evaluation_sets(data.datasets, config)
+    eval_dls = {name: eval_loader(ds, config.train.eval_batch_size, collate) for name, ds in eval_sets.items()}
+    model, optimizer, train_dl, *prepared = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
+    eval_dls = dict(zip(eval_dls, prepared, strict=True))
+    num_labels = len(data.labels)
+
+    def evaluate_all() -> dict:
+        return {name: evaluate_split(model, loader, accelerator, num_labels) for name, loader in eval_dls.items()}
+
+    base = evaluate_all() if config.evaluate.base else {}
+    steps_per_epoch = -(-len(train_dl) // config.train.grad_accum_steps)
+    total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
+    scheduler = build_scheduler(optimizer, config.schedule, total_steps)
+
+    callbacks = [
+        strategy,
+        MetricsFile(run_dir / METRICS, main),
+        BestWeights(config.train.metric, run_dir / BEST, accelerator, config.train.load_best_at_end),
+        ProgressBar(console, progress and main, config.train.metric),
+    ]
+    if config.train.early_stopping:
+        stopping = config.train.early_stopping
+        callbacks.insert(1, EarlyStopping(config.train.metric, stopping.patience, stopping.min_delta))
+
+    started = time.perf_counter()
+    state = fit(
+        model, optimizer, scheduler, train_dl, classification_loss,
+        lambda: evaluate_split(model, eval_dls["validation"], accelerator, num_labels),
+        accelerator, config.train, callbacks, strategy.train_mode, sampler,
+    )
+    train_seconds = time.perf_counter() - started
+    final = evaluate_all()
+
+    results = {
+        "task": config.task,
+        "model_source": config.model.source,
+        "strategy": config.strategy.name,
+        "labels": list(data.labels.names),
+        "examples": {name: len(ds) for name, ds in data.datasets.items()},
+        "truncated": data.truncated,
+        "data_notes": data.notes,
+        "fresh_head": loaded.fresh_head,
+        "parameters": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
+        "base": base,
+        "final": final,
+        "gap": _train_validation_gap(final),
+        "train_seconds": train_seconds,
+        "peak_memory_mb": peak_memory_mb(),
+        "steps": state.step,
+        "epochs_completed": state.epoch + 1,
+        "stopped_early": bool(state.should_stop),
+        "stop_reason": state.stop_reason,
+        "best": {"metric": config.train.metric, "value": state.best_value, "step": state.best_step},
+        "processes": accelerator.num_processes,
+        "mixed_precision": config.train.mixed_precision,
+    }
+    if main:
+        save_model(loaded, accelerator.unwrap_model(model), run_dir / MODEL, data.labels, config.task)
+        write_json(run_dir / RESULTS, results)
+        from tunelab.report import write_report
+
+        write_report(run_dir, run_dir / REPORT)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def _evaluation_sets(datasets: dict, config: RunConfig) -> dict:
+    """Every split; train capped (seeded subset) since it only serves the overfitting gap."""
+    sets = dict(datasets)
+    cap = config.evaluate.max_train_examples
+    if cap and len(sets["train"]) > cap:
+        chosen = torch.randperm(len(sets["train"]), generator=torch.Generator().manual_seed(config.seed))[:cap]
+        sets["train"] = Subset(sets["train"], sorted(chosen.tolist()))
+    return sets
+
+
+def _train_validation_gap(final: dict) -> dict:
+    if "train" not in final or "validation" not in final:
+        return {}
+    return {
+        metric: final["train"][metric] - final["validation"][metric]
+        for metric in ("loss", "accuracy", "f1")
+        if final["train"].get(metric) is not None and final["validation"].get(metric) is not None
+    }

@@ -1,0 +1,99 @@
+"""Assemble report.html from a run directory's results.json and metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+
+from tunelab.io import read_jsonl, write_atomic
+from tunelab.report import plots
+
+SHOWN_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}
+th:first-child,td:first-child{text-align:left}.up{color:#1a7f37}.down{color:#c62828}
+img{max-width:100%}.grid{display:flex;flex-wrap:wrap;gap:1em}code{background:#f3f3f3;padding:0 .3em}
+"""
+
+
+def write_report(run_dir: Path, path: Path) -> Path:
+    results = json.loads((Path(run_dir) / "results.json").read_text(encoding="utf-8"))
+    records = read_jsonl(Path(run_dir) / "metrics.jsonl")
+    train_logs = [r for r in records if r["type"] == "train"]
+    evals = [r for r in records if r["type"] == "eval"]
+    sections = [
+        f"<h1>tunelab run: {escape(Path(run_dir).name)}</h1>",
+        _summary(results),
+        "<h2>Base model vs fine-tuned</h2>",
+        metrics_table(results.get("base", {}), results["final"]),
+        _gap(results.get("gap", {})),
+    ]
+    if train_logs:
+        sections += ["<h2>Training curves</h2><div class='grid'>", _image(plots.loss_curves(train_logs, evals))]
+        if evals:
+            sections.append(_image(plots.metric_curves(evals)))
+        sections += [_image(plots.learning_rate_curve(train_logs)), "</div>"]
+    sections.append("<h2>Confusion matrices (fine-tuned)</h2><div class='grid'>")
+    for split in ("validation", "test"):
+        if split in results["final"]:
+            matrix = results["final"][split]["confusion_matrix"]
+            sections.append(_image(plots.confusion_matrix(matrix, results["labels"], split)))
+    sections.append("</div>")
+    page = f"<!doctype html><meta charset='utf-8'><title>tunelab report</title><style>{STYLE}</style>" + "\n".join(sections)
+    write_atomic(path, page)
+    return path
+
+
+def metrics_table(base: dict, final: dict) -> str:
+    rows = ["<table><tr><th>split</th><th>metric</th><th>base</th><th>fine-tuned</th><th>change</th></tr>"]
+    for split, metrics in final.items():
+        for metric in SHOWN_METRICS:
+            after = metrics.get(metric)
+            before = base.get(split, {}).get(metric)
+            change = "" if after is None or before is None else after - before
+            better = change != "" and ((change < 0) if metric == "loss" else (change > 0))
+            css = "" if change in ("", 0) else ("up" if better else "down")
+            rows.append(
+                f"<tr><td>{escape(split)}</td><td>{metric}</td><td>{_fmt(before)}</td>"
+                f"<td>{_fmt(after)}</td><td class='{css}'>{_fmt(change, signed=True)}</td></tr>"
+            )
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _summary(results: dict) -> str:
+    params = results["parameters"]
+    items = {
+        "model": results["model_source"],
+        "strategy": results["strategy"],
+        "trainable parameters": f"{params['trainable']:,} of {params['total']:,} ({params['trainable_percent']:.2f}%)",
+        "examples": ", ".join(f"{k} {v}" for k, v in results["examples"].items()),
+        "training time": f"{results['train_seconds']:.1f} s, {results['steps']} steps",
+        "peak memory": f"{results['peak_memory_mb']:.0f} MB",
+        "best": f"validation {results['best']['metric']} {_fmt(results['best']['value'])} at step {results['best']['step']}",
+    }
+    if results.get("stop_reason"):
+        items["stopped"] = results["stop_reason"]
+    if any(results.get("truncated", {}).values()):
+        items["truncated"] = ", ".join(f"{k} {v}" for k, v in results["truncated"].items())
+    rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(str(v))}</td></tr>" for k, v in items.items())
+    return f"<table>{rows}</table>"
+
+
+def _gap(gap: dict) -> str:
+    if not gap:
+        return ""
+    cells = ", ".join(f"{metric} {value:+.4f}" for metric, value in gap.items())
+    return f"<p><b>Train minus validation</b> (overfitting shows as a large positive accuracy gap): {cells}</p>"
+
+
+def _image(png: str) -> str:
+    return f"<img src='data:image/png;base64,{png}'>"
+
+
+def _fmt(value, signed: bool = False) -> str:
+    if value is None or value == "":
+        return "–"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"

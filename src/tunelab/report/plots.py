@@ -1,0 +1,69 @@
+"""Matplotlib figures for a run, returned as base64 PNG so the report is one file."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def to_png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def loss_curves(train_logs: list[dict], evals: list[dict]) -> str:
+    figure, axis = plt.subplots(figsize=(6, 3.4))
+    axis.plot([r["step"] for r in train_logs], [r["loss"] for r in train_logs], label="train loss")
+    if evals:
+        axis.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation loss")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return to_png(figure)
+
+
+def metric_curves(evals: list[dict], metrics=("accuracy", "f1", "auc")) -> str:
+    figure, axis = plt.subplots(figsize=(6, 3.4))
+    for metric in metrics:
+        points = [(r["step"], r[metric]) for r in evals if r.get(metric) is not None]
+        if points:
+            axis.plot(*zip(*points, strict=True), "o-", label=f"validation {metric}")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylim(0, 1.02)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return to_png(figure)
+
+
+def learning_rate_curve(train_logs: list[dict]) -> str:
+    figure, axis = plt.subplots(figsize=(6, 2.6))
+    axis.plot([r["step"] for r in train_logs], [r["lr"] for r in train_logs])
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("learning rate")
+    axis.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    axis.grid(alpha=0.3)
+    return to_png(figure)
+
+
+def confusion_matrix(matrix: list[list[int]], labels: list[str], title: str) -> str:
+    size = max(3.0, 0.5 * len(labels) + 1.5)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            axis.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    return to_png(figure)

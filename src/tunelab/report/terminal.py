@@ -1,0 +1,70 @@
+"""Rich tables for the terminal: base vs fine-tuned per split, and predictions."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from tunelab.report.html import SHOWN_METRICS
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def results_table(results: dict, title: str = "base → fine-tuned") -> Table:
+    table = Table(title=title)
+    table.add_column("split")
+    for metric in SHOWN_METRICS:
+        table.add_column(metric, justify="right")
+    base = results.get("base", {})
+    for split, metrics in results["final"].items():
+        cells = []
+        for metric in SHOWN_METRICS:
+            before, after = base.get(split, {}).get(metric), metrics.get(metric)
+            cells.append(_fmt(after) if before is None else f"{_fmt(before)} → {_fmt(after)}")
+        table.add_row(split, *cells)
+    return table
+
+
+def metrics_only_table(metrics_by_split: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("split")
+    for metric in SHOWN_METRICS:
+        table.add_column(metric, justify="right")
+    for split, metrics in metrics_by_split.items():
+        table.add_row(split, *(_fmt(metrics.get(metric)) for metric in SHOWN_METRICS))
+    return table
+
+
+def run_summary_lines(results: dict) -> list[str]:
+    params = results["parameters"]
+    lines = [
+        f"trainable parameters: {params['trainable']:,} of {params['total']:,} ({params['trainable_percent']:.2f}%)",
+        f"trained {results['steps']} steps in {results['train_seconds']:.1f} s; peak memory {results['peak_memory_mb']:.0f} MB",
+    ]
+    gap = results.get("gap", {})
+    if "accuracy" in gap:
+        lines.append(f"train - validation accuracy gap: {gap['accuracy']:+.4f}")
+    if results.get("stop_reason"):
+        lines.append(results["stop_reason"])
+    return lines
+
+
+def warnings_for(results: dict) -> list[str]:
+    warnings = []
+    for split, count in results.get("truncated", {}).items():
+        if count:
+            total = results["examples"][split]
+            warnings.append(f"{split}: {count} of {total} examples were longer than max_length and were truncated")
+    return warnings
+
+
+def predictions_table(rows: list[dict], limit: int = 20) -> Table:
+    table = Table(title=f"predictions ({min(limit, len(rows))} of {len(rows)} shown)" if len(rows) > limit else "predictions")
+    table.add_column("input")
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    for row in rows[:limit]:
+        shown = str(row["input"])
+        table.add_row(shown if len(shown) <= 70 else shown[:67] + "...", row["label"], f"{row['probability']:.3f}")
+    return table

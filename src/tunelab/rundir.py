@@ -1,0 +1,55 @@
+"""The run directory: created once, never clobbered without ``--overwrite``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from tunelab.errors import UserError
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+MODEL = "model"
+REPORT = "report.html"
+BEST = "checkpoints/best"
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
+    run_dir = Path(path)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"output: {run_dir} exists and is a file, not a run directory")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise UserError(f"output: {run_dir} already exists; pass --overwrite or choose another --output")
+        if not (run_dir / CONFIG).exists():
+            raise UserError(f"output: {run_dir} is not a tunelab run directory; refusing to overwrite it")
+        _check_writable(run_dir)
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"output: cannot create {run_dir}: {error.strerror or error}") from None
+    _check_writable(run_dir)
+    return run_dir
+
+
+def _check_writable(folder: Path) -> None:
+    probe = folder / ".tunelab-write-test"
+    try:
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"output: cannot write to {folder}: {error.strerror or error}") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"output: cannot write to {folder}")
+
+
+def existing_run(path: str | Path) -> Path:
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    if not (run_dir / MODEL / "tunelab.json").exists():
+        raise UserError(f"{run_dir} holds no finished model (no {MODEL}/tunelab.json)")
+    return run_dir
