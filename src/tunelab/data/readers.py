@@ -17,6 +17,7 @@ TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jso
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+
 @dataclass
 class RawSplit:
     """Inputs (texts, text pairs or image paths) with their labels as written in the file."""

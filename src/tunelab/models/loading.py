@@ -46,6 +46,7 @@ class LoadedModel:
     init_kwargs: dict = field(default_factory=dict)
     fresh_head: list[str] = field(default_factory=list)
     preprocessing: dict = field(default_factory=dict)
+    labels: object | None = None  # the LabelMap of a saved model
 
 
 def load_model(config, labels, channels: int = 3) -> LoadedModel:
@@ -93,12 +94,16 @@ def load_saved_model(folder: Path, config=None) -> LoadedModel:
     meta = _read_meta(folder)
     labels = LabelMap(tuple(meta["labels"]))
     if meta["kind"] == "module":
-        return _saved_module(folder, labels)
-    from tunelab.config import RunConfig
+        loaded = _saved_module(folder, labels)
+    else:
+        from tunelab.config import RunConfig
 
-    config = config or RunConfig.model_validate({"task": meta["task"], "data": {"train": "unused"}})
-    loaded = _hugging_face(folder, config, labels)
-    loaded.preprocessing = meta.get("preprocessing", {})
+        config = config or RunConfig.model_validate({"task": meta["task"], "data": {"train": "unused"}})
+        loaded = _hugging_face(folder, config, labels)
+        loaded.preprocessing = meta.get("preprocessing", {})
+        if "image_size" in loaded.preprocessing:
+            loaded.image_transform = _simple_transform(**loaded.preprocessing)
+    loaded.labels = labels
     return loaded
 
 
@@ -225,17 +230,14 @@ def _saved_module(folder: Path, labels) -> LoadedModel:
     loaded = LoadedModel(model, "module", meta["source"], init_kwargs=init_kwargs, fresh_head=fresh)
     loaded.preprocessing = meta.get("preprocessing", {})
     if "image_size" in loaded.preprocessing:
-        from tunelab.data.images import SimpleImageTransform
-
-        settings = loaded.preprocessing
-        loaded.image_transform = SimpleImageTransform(settings["image_size"], settings["mean"], settings["std"])
+        loaded.image_transform = _simple_transform(**loaded.preprocessing)
     return loaded
 
 
-def _simple_transform(size: int):
+def _simple_transform(image_size: int, mean: float = 0.5, std: float = 0.5):
     from tunelab.data.images import SimpleImageTransform
 
-    return SimpleImageTransform(size)
+    return SimpleImageTransform(image_size, mean, std)
 
 
 def _read_meta(folder: Path) -> dict:

@@ -30,11 +30,15 @@ class Strategy(Callback):
         return decay_groups(model, optim.lr, optim.weight_decay)
 
     def train_mode(self, model: nn.Module) -> None:
-        """Switch to training mode; frozen batch-norm layers keep their statistics if asked."""
+        """Switch to training mode; batch-norm layers keep their pretrained statistics if asked.
+
+        Small fine-tuning batches give noisy batch statistics that would overwrite the running
+        statistics learned in pretraining, so ``freeze_norm_stats`` keeps them in inference mode.
+        """
         model.train()
         if self.config.freeze_norm_stats:
             for module in model.modules():
-                if isinstance(module, _BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+                if isinstance(module, _BatchNorm):
                     module.eval()
 
     def state_dict(self) -> dict:

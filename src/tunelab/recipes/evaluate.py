@@ -1,0 +1,49 @@
+"""`tunelab eval`: score a finished run on its own splits or on another labelled file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.config import RunConfig, load_config
+from tunelab.data import RawData, prepare_data, read_data
+from tunelab.data.collate import make_collate
+from tunelab.data.readers import image_folder_split, table_split
+from tunelab.engine.data_loading import eval_loader
+from tunelab.errors import UserError
+from tunelab.evaluate import evaluate_split
+from tunelab.models import load_saved_model
+from tunelab.recipes.runtime import make_accelerator, quiet_libraries
+from tunelab.rundir import CONFIG, MODEL, existing_run
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, object]:
+    run_dir = existing_run(run_dir)
+    config = load_config(run_dir / CONFIG)
+    return config, load_saved_model(run_dir / MODEL, config)
+
+
+def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool = False) -> dict:
+    quiet_libraries()
+    config, loaded = load_run(run_dir)
+    labels = loaded.labels
+    if data_file:
+        if config.data.train == "digits":
+            raise UserError("--data: this run used the built-in digits; it has no file format to read")
+        if config.task == "image-classification":
+            split = image_folder_split(data_file, "data")
+        else:
+            data = config.data
+            split = table_split(data_file, "data", data.text_column, data.label_column, data.text_pair_column)
+        raw = RawData({"data": split}, labels)
+    else:
+        raw = read_data(config)
+        raw = RawData({k: v for k, v in raw.splits.items() if k != "train"}, labels, raw.channels)
+    prepared = prepare_data(raw, loaded, config)
+    accelerator = make_accelerator(config.train)
+    model = accelerator.prepare(loaded.model)
+    collate = make_collate(loaded, config.task)
+    results = {}
+    for name, dataset in prepared.datasets.items():
+        loader = accelerator.prepare(eval_loader(dataset, config.train.eval_batch_size, collate))
+        results[name] = evaluate_split(model, loader, accelerator, len(labels))
+    return results
