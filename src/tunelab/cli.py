@@ -13,6 +13,8 @@ from tunelab.errors import UserError
 
 stdout = Console()
 stderr = Console(stderr=True)
+# Everything str.splitlines() breaks at, escaped: a user's key, path or label may hold any of them.
+LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,12 +61,20 @@ def cmd_train(args) -> dict:
     from tunelab.config import load_config
     from tunelab.recipes.train import run_training
     from tunelab.report import terminal
-    from tunelab.rundir import REPORT, prepare_run_dir
+    from tunelab.rundir import REPORT, discard_unstarted_run, prepare_run_dir
 
     config = load_config(args.config, args.overrides)
     output = args.output or config.output_dir or f"runs/{Path(args.config).stem}"
-    run_dir = prepare_run_dir(output, args.overwrite)
-    results = run_training(config, run_dir, stderr, progress=not (args.quiet or args.json))
+    created = not Path(output).exists()
+    # Under torchrun every process runs this; only one may check, clear (--overwrite) and create
+    # the directory, or they race and delete each other's files. The others write nothing there.
+    run_dir = prepare_run_dir(output, args.overwrite) if _is_main_process() else Path(output)
+    try:
+        results = run_training(config, run_dir, stderr, progress=not (args.quiet or args.json))
+    except UserError:
+        if created and _is_main_process():  # so that fixing the mistake needs no --overwrite
+            discard_unstarted_run(run_dir)
+        raise
     if not args.json and _is_main_process():
         for warning in terminal.warnings_for(results):
             stderr.print(f"[yellow]warning:[/] {warning}")
@@ -105,9 +115,9 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo"
 
 
 def _is_main_process() -> bool:
-    from accelerate.state import PartialState
+    from tunelab.recipes.runtime import process_state
 
-    return PartialState().is_main_process
+    return process_state().is_main_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(output, indent=2, default=str))
         return 0
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {str(error).translate(LINE_BREAKS)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

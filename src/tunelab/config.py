@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import UserError
 
@@ -19,7 +19,7 @@ PLANNED_TASKS = ("token-classification", "causal-lm", "seq2seq", "image-text")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -107,11 +107,12 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig | None = None
     load_best_at_end: bool = True
 
-    @model_validator(mode="after")
-    def _eval_every_positive(self) -> TrainConfig:
-        if isinstance(self.eval_every, int) and self.eval_every < 1:
-            raise ValueError("eval_every must be 'epoch' or a positive number of steps")
-        return self
+    @field_validator("eval_every")
+    @classmethod
+    def _eval_every_positive(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'epoch' or a positive number of steps")
+        return value
 
 
 class EvaluateConfig(Section):
@@ -122,10 +123,10 @@ class EvaluateConfig(Section):
 
 
 class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     task: Literal[SUPPORTED_TASKS + PLANNED_TASKS] = "text-classification"  # type: ignore[valid-type]
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32, description="numpy accepts no other seeds")
     output_dir: str | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
@@ -210,6 +211,8 @@ def describe_error(error: ValidationError) -> str:
         section = _section_model(first["loc"][:-1])
         allowed = ", ".join(section.model_fields) if section else ""
         return f"unknown key '{path}'" + (f"; allowed here: {allowed}" if allowed else "")
+    if kind == "missing" and isinstance(first["loc"][-1], int):  # a tuple such as optim.betas
+        return f"{_clean_path(first['loc'][:-1])}: too few items (got {first['loc'][-1]})"
     if kind == "missing":
         return f"missing required key '{path}'"
     message = first["msg"].removeprefix("Value error, ")

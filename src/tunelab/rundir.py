@@ -35,6 +35,12 @@ def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
     return run_dir
 
 
+def discard_unstarted_run(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but its config: the run failed before it began."""
+    if run_dir.is_dir() and {path.name for path in run_dir.iterdir()} <= {CONFIG}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _check_writable(folder: Path) -> None:
     probe = folder / ".tunelab-write-test"
     try:

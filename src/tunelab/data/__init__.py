@@ -63,7 +63,7 @@ def read_data(config: RunConfig) -> RawData:
                 splits[role] = _subsample(splits[role], data.max_eval_examples, config.seed)
     labels = LabelMap.from_labels(splits["train"].labels)
     for name, split in splits.items():
-        labels.encode(split.labels, name)  # fail early on a class train never saw
+        labels.encode(split.labels, f"data.{name}")  # fail early on a class train never saw
     return RawData(splits, labels, notes=notes)
 
 
@@ -71,7 +71,7 @@ def prepare_data(raw: RawData, loaded, config: RunConfig) -> PreparedData:
     """Turn raw splits into datasets with the model's tokenizer or image transform."""
     datasets, truncated = {}, {}
     for name, split in raw.splits.items():
-        ids = raw.labels.encode(split.labels, name)
+        ids = raw.labels.encode(split.labels, f"data.{name}")
         if config.data.train == BUILTIN_DIGITS:
             datasets[name] = digits.as_dataset(split.inputs, ids)
         elif config.task == "text-classification":

@@ -29,12 +29,13 @@ class TensorImageDataset(Dataset):
         return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
 
 
-def open_image(path: Path, role: str) -> Image.Image:
+def open_image(path: Path, where: str) -> Image.Image:
+    """Decode one image as RGB; ``where`` names what the user gave (``data.train``, ``--input``)."""
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise UserError(f"data.{role}: cannot decode image {path}: {type(error).__name__}") from None
+        raise UserError(f"{where}: cannot decode image {path}: {type(error).__name__}") from None
 
 
 class SimpleImageTransform:
@@ -65,5 +66,5 @@ def processor_transform(processor):
 
 
 def load_images(paths: list[Path], labels: list[int], transform, role: str) -> TensorImageDataset:
-    pixel_values = transform([open_image(Path(path), role) for path in paths])
+    pixel_values = transform([open_image(Path(path), f"data.{role}") for path in paths])
     return TensorImageDataset(pixel_values, labels)

@@ -31,13 +31,14 @@ class LabelMap:
     def __len__(self) -> int:
         return len(self.names)
 
-    def encode(self, labels: list[str], split: str) -> list[int]:
+    def encode(self, labels: list[str], where: str) -> list[int]:
+        """Class ids; ``where`` names what the user gave (``data.test``, ``--data``)."""
         lookup = self.label2id
         for row, label in enumerate(labels):
             if label not in lookup:
                 known = ", ".join(self.names[:20])
                 raise UserError(
-                    f"data.{split}: label '{label}' (data row {row + 1}) never appears in train; "
+                    f"{where}: label '{label}' (data row {row + 1}) never appears in train; "
                     f"train labels are: {known}"
                 )
         return [lookup[label] for label in labels]

@@ -28,20 +28,21 @@ class RawSplit:
     source: str
 
 
-def read_table(path: str | Path, role: str) -> pd.DataFrame:
+def read_table(path: str | Path, where: str) -> pd.DataFrame:
+    """Read one table; ``where`` names what the user gave (``data.train``, ``--input``)."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"data.{role}: file not found: {path}")
+        raise UserError(f"{where}: file not found: {path}")
     if path.is_dir():
-        raise UserError(f"data.{role}: {path} is a folder; text data must be a csv/tsv/jsonl/parquet file")
+        raise UserError(f"{where}: {path} is a folder; text data must be a csv/tsv/jsonl/parquet file")
     kind = TABLE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise UserError(
-            f"data.{role}: unsupported file type '{path.suffix}' ({path}); "
+            f"{where}: unsupported file type '{path.suffix}' ({path}); "
             f"use one of {', '.join(sorted(TABLE_SUFFIXES))}"
         )
     if path.stat().st_size == 0:
-        raise UserError(f"data.{role}: {path} is empty")
+        raise UserError(f"{where}: {path} is empty")
     try:
         if kind == "parquet":
             frame = pd.read_parquet(path)
@@ -53,41 +54,43 @@ def read_table(path: str | Path, role: str) -> pd.DataFrame:
                 keep_default_na=False, quoting=3 if kind == "tsv" else 0,
             )
     except UnicodeDecodeError as error:
-        raise UserError(f"data.{role}: {path} is not UTF-8 text (bad byte at offset {error.start})") from None
+        raise UserError(f"{where}: {path} is not UTF-8 text (bad byte at offset {error.start})") from None
     except (ValueError, pd.errors.ParserError, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"data.{role}: cannot parse {path}: {first_line}") from None
+        raise UserError(f"{where}: cannot parse {path}: {first_line}") from None
     if frame.empty:
-        raise UserError(f"data.{role}: {path} has no data rows")
+        raise UserError(f"{where}: {path} has no data rows")
     return frame
 
 
 def table_split(
-    path: str | Path, role: str, text_column: str, label_column: str, pair_column: str | None = None
+    path: str | Path, role: str, text_column: str, label_column: str, pair_column: str | None = None,
+    where: str | None = None,
 ) -> RawSplit:
-    frame = read_table(path, role)
+    where = where or f"data.{role}"
+    frame = read_table(path, where)
     needed = [text_column, label_column] + ([pair_column] if pair_column else [])
     for column in needed:
         if column not in frame.columns:
             available = ", ".join(map(str, frame.columns))
-            raise UserError(f"data.{role}: column '{column}' not in {path}; columns are: {available}")
-    texts = _text_column(frame, text_column, role, path)
-    inputs = list(zip(texts, _text_column(frame, pair_column, role, path), strict=True)) if pair_column else texts
+            raise UserError(f"{where}: column '{column}' not in {path}; columns are: {available}")
+    texts = _text_column(frame, text_column, where, path)
+    inputs = list(zip(texts, _text_column(frame, pair_column, where, path), strict=True)) if pair_column else texts
     labels = frame[label_column].tolist()
     missing = [row for row, label in enumerate(labels) if _is_blank(label)]
     if missing:
         raise UserError(
-            f"data.{role}: {len(missing)} row(s) of {path} have no '{label_column}' (first: data row {missing[0] + 1})"
+            f"{where}: {len(missing)} row(s) of {path} have no '{label_column}' (first: data row {missing[0] + 1})"
         )
     return RawSplit(role, inputs, [_label_text(label) for label in labels], str(path))
 
 
-def _text_column(frame: pd.DataFrame, column: str, role: str, path: Path) -> list[str]:
+def _text_column(frame: pd.DataFrame, column: str, where: str, path: Path) -> list[str]:
     values = frame[column].tolist()
     blank = [row for row, value in enumerate(values) if _is_blank(value)]
     if blank:
         raise UserError(
-            f"data.{role}: {len(blank)} row(s) of {path} have an empty '{column}' (first: data row {blank[0] + 1})"
+            f"{where}: {len(blank)} row(s) of {path} have an empty '{column}' (first: data row {blank[0] + 1})"
         )
     return [str(value) for value in values]
 
@@ -103,13 +106,14 @@ def _label_text(label: object) -> str:
     return str(label).strip()
 
 
-def image_folder_split(path: str | Path, role: str) -> RawSplit:
+def image_folder_split(path: str | Path, role: str, where: str | None = None) -> RawSplit:
     """One sub-folder per class; every image file inside it is an example of that class."""
+    where = where or f"data.{role}"
     root = Path(path)
     if not root.exists():
-        raise UserError(f"data.{role}: folder not found: {root}")
+        raise UserError(f"{where}: folder not found: {root}")
     if not root.is_dir():
-        raise UserError(f"data.{role}: {root} is not a folder; images need one sub-folder per class")
+        raise UserError(f"{where}: {root} is not a folder; images need one sub-folder per class")
     inputs, labels = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for file in sorted(class_dir.rglob("*")):
@@ -117,5 +121,5 @@ def image_folder_split(path: str | Path, role: str) -> RawSplit:
                 inputs.append(file)
                 labels.append(class_dir.name)
     if not inputs:
-        raise UserError(f"data.{role}: no images found in class sub-folders of {root}")
+        raise UserError(f"{where}: no images found in class sub-folders of {root}")
     return RawSplit(role, inputs, labels, str(root))

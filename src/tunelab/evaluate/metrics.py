@@ -14,8 +14,11 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_label
     probabilities = torch.softmax(logits, dim=-1).numpy()
     truth = labels.numpy()
     predicted = probabilities.argmax(axis=-1)
+    # Macro averages run over the classes this split holds or the model predicted: a class absent
+    # from both has no precision or recall, and scoring it 0 would punish a flawless model.
+    seen = np.union1d(truth, predicted)
     precision, recall, f1, _ = precision_recall_fscore_support(
-        truth, predicted, labels=list(range(num_labels)), average="macro", zero_division=0
+        truth, predicted, labels=seen, average="macro", zero_division=0
     )
     return {
         "loss": loss,

@@ -29,15 +29,32 @@ def digits_cnn_folder() -> Path:
     target = cache_dir() / "digits-cnn-0-4"
     if (target / "model" / "tunelab.json").exists():
         return target / "model"
+    from accelerate.utils import broadcast_object_list
+
     from tunelab.config import validate
+    from tunelab.recipes.runtime import process_state
     from tunelab.recipes.train import run_training
 
-    staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    run_training(validate(PRETRAIN_CONFIG), staging, progress=False)
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first; keep theirs
+    # Under torchrun every process takes part in this run, and only the main one writes its files,
+    # so all of them must use the main process's staging folder (one per launch, never shared).
+    state = process_state()
+    owner = broadcast_object_list([os.getpid()])[0]
+    staging = target.with_name(f".{target.name}.{owner}.partial")
+    if state.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    state.wait_for_everyone()
+    run_training(validate(PRETRAIN_CONFIG), staging, progress=False)
+    if state.is_main_process:
+        try:
+            staging.rename(target)
+        except OSError:  # another launch finished first; keep theirs
+            shutil.rmtree(staging, ignore_errors=True)
+    state.wait_for_everyone()
     return target / "model"
+
+
+def build_cached(source: str) -> None:
+    """Build a cached built-in now (a training run of its own), so loading it later only reads it."""
+    if source == "digits-cnn":
+        digits_cnn_folder()

@@ -29,9 +29,10 @@ class DemoCNN(nn.Module):
                 conv_block(width * 2, width * 2, pool=False),
             ]
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        # A 2x2 grid keeps where strokes are, which a global average would discard.
+        self.pool = nn.AdaptiveAvgPool2d(2)
         self.dropout = nn.Dropout(0.1)
-        self.head = nn.Linear(width * 2, num_labels)
+        self.head = nn.Linear(width * 2 * 4, num_labels)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         features = pixel_values

@@ -23,6 +23,7 @@ from torch import nn
 
 from tunelab.errors import UserError
 from tunelab.models.cnn import DemoCNN
+from tunelab.strategies.anatomy import anatomy
 
 log = logging.getLogger(__name__)
 TUNELAB_META = "tunelab.json"
@@ -155,6 +156,8 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise UserError(f"model.source: cannot load a model from {folder}: {_first_line(error)}") from None
     fresh = sorted(set(info.get("missing_keys", [])) | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])})
+    if not fresh and _saved_label_names(folder) != tuple(labels.names):
+        fresh = reset_head(model)
     loaded = LoadedModel(model, "hf", str(folder), fresh_head=fresh)
     try:
         if config.task == "text-classification":
@@ -176,6 +179,23 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
     return loaded
 
 
+def _saved_label_names(folder: Path) -> tuple[str, ...]:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    id2label = config.get("id2label") or {}
+    return tuple(id2label[key] for key in sorted(id2label, key=int))
+
+
+def reset_head(model: nn.Module) -> list[str]:
+    """Re-initialise the classification head (a trained one for other labels would mislead)."""
+    reset = []
+    for name in anatomy(model).head:
+        for child_name, child in model.get_submodule(name).named_modules():
+            if hasattr(child, "reset_parameters") and any(True for _ in child.parameters(recurse=False)):
+                child.reset_parameters()
+                reset += [f"{name}.{child_name}.{p}".replace("..", ".") for p, _ in child.named_parameters(recurse=False)]
+    return sorted(reset)
+
+
 def _builtin_module(name: str, labels, channels: int) -> LoadedModel:
     init_kwargs = {"num_labels": len(labels), "in_channels": channels}
     model = BUILTIN_MODULES[name](**init_kwargs)
@@ -186,20 +206,42 @@ def _module_function(spec: str, labels, channels: int) -> LoadedModel:
     module_name, _, function_name = spec.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
-    except ImportError as error:
+    except (ImportError, ValueError, TypeError) as error:  # ValueError, TypeError: empty or relative name
         raise UserError(f"model.source: cannot import module '{module_name}': {_first_line(error)}") from None
     except AttributeError:
         raise UserError(f"model.source: module '{module_name}' has no '{function_name}'") from None
-    accepted = inspect.signature(function).parameters
-    init_kwargs = {k: v for k, v in {"num_labels": len(labels), "in_channels": channels}.items() if k in accepted}
+    try:
+        signature = inspect.signature(function)
+        accepted = signature.parameters
+        init_kwargs = {k: v for k, v in {"num_labels": len(labels), "in_channels": channels}.items() if k in accepted}
+        signature.bind(**init_kwargs)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"model.source: cannot call {spec} to build a model: {_first_line(error)}") from None
     model = function(**init_kwargs)
     if not isinstance(model, nn.Module):
         raise UserError(f"model.source: {spec} returned {type(model).__name__}, not a torch.nn.Module")
-    loaded = LoadedModel(model, "module", spec, init_kwargs=init_kwargs)
+    loaded = LoadedModel(accept_pixel_values_keyword(model), "module", spec, init_kwargs=init_kwargs)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None:
         loaded.tokenizer = tokenizer
     return loaded
+
+
+def accept_pixel_values_keyword(model: nn.Module) -> nn.Module:
+    """Let a plain module (``nn.Sequential``, ``forward(self, x)``) take the image batch that
+    tunelab passes as ``pixel_values=``; a hook, so the weights keep the names the user's own
+    ``function()`` gives them."""
+    parameters = inspect.signature(model.forward).parameters.values()
+    if not any(p.name == "pixel_values" or p.kind is p.VAR_KEYWORD for p in parameters):
+        model.register_forward_pre_hook(_pixel_values_positionally, with_kwargs=True)
+    return model
+
+
+def _pixel_values_positionally(module: nn.Module, args: tuple, kwargs: dict):
+    if "pixel_values" not in kwargs:
+        return None
+    kwargs = dict(kwargs)
+    return (kwargs.pop("pixel_values"), *args), kwargs
 
 
 def _saved_module(folder: Path, labels) -> LoadedModel:
@@ -212,7 +254,7 @@ def _saved_module(folder: Path, labels) -> LoadedModel:
     if builder is None:
         module_name, _, function_name = meta["source"].partition(":")
         builder = getattr(importlib.import_module(module_name), function_name)
-    model = builder(**init_kwargs)
+    model = accept_pixel_values_keyword(builder(**init_kwargs))
     weights_file = folder / "model.safetensors"
     if not weights_file.exists():
         raise UserError(f"model.source: {folder} has no model.safetensors")
@@ -222,6 +264,9 @@ def _saved_module(folder: Path, labels) -> LoadedModel:
         raise UserError(f"model.source: cannot read {weights_file}: {_first_line(error)}") from None
     own = model.state_dict()
     fitting = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    if tuple(meta["labels"]) != tuple(labels.names):  # a new task: its head starts fresh
+        head = tuple(f"{name}." for name in anatomy(model).head)
+        fitting = {k: v for k, v in fitting.items() if not k.startswith(head)}
     fresh = sorted(k for k in own if k not in fitting)
     unexpected = sorted(k for k in saved if k not in own)
     if unexpected:

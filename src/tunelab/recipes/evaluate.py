@@ -30,10 +30,13 @@ def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool =
         if config.data.train == "digits":
             raise UserError("--data: this run used the built-in digits; it has no file format to read")
         if config.task == "image-classification":
-            split = image_folder_split(data_file, "data")
+            split = image_folder_split(data_file, "data", where="--data")
         else:
             data = config.data
-            split = table_split(data_file, "data", data.text_column, data.label_column, data.text_pair_column)
+            split = table_split(
+                data_file, "data", data.text_column, data.label_column, data.text_pair_column, where="--data"
+            )
+        labels.encode(split.labels, "--data")  # fail early on a class the run never learned
         raw = RawData({"data": split}, labels)
     else:
         raw = read_data(config)

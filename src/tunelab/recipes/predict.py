@@ -20,16 +20,20 @@ def run_prediction(run_dir: Path, input_path: str | None, texts: list[str] | Non
     quiet_libraries()
     config, loaded = load_run(run_dir)
     if config.task == "text-classification":
-        inputs = texts if texts else _texts_from_file(Path(input_path), config.data.text_column)
-        encode = lambda chunk: loaded.tokenizer(  # noqa: E731
-            chunk, truncation=True, max_length=config.data.max_length, padding=True, return_tensors="pt"
-        )
+        pair_column = config.data.text_pair_column
+        if texts and pair_column:
+            raise UserError(
+                f"--text: this run classifies text pairs; use --input with a file that has the columns "
+                f"'{config.data.text_column}' and '{pair_column}'"
+            )
+        inputs = texts if texts else _texts_from_file(Path(input_path), config.data.text_column, pair_column)
+        encode = lambda chunk: _encode_texts(loaded.tokenizer, chunk, config.data.max_length)  # noqa: E731
     else:
         if texts:
             raise UserError("--text: this run classifies images; use --input with an image or a folder")
         inputs = _images_from_path(Path(input_path))
-        encode = lambda chunk: {"pixel_values": loaded.image_transform([open_image(p, "input") for p in chunk])}  # noqa: E731
-    labels = list(loaded.labels)
+        encode = lambda chunk: {"pixel_values": loaded.image_transform([open_image(p, "--input") for p in chunk])}  # noqa: E731
+    labels = loaded.labels.names
     model = loaded.model.eval()
     rows = []
     with torch.inference_mode():
@@ -38,12 +42,27 @@ def run_prediction(run_dir: Path, input_path: str | None, texts: list[str] | Non
             probabilities = torch.softmax(output_logits(model(**encode(chunk))).float(), dim=-1)
             best = probabilities.max(dim=-1)
             for item, index, probability in zip(chunk, best.indices.tolist(), best.values.tolist(), strict=True):
-                rows.append({"input": str(item), "label": labels[index], "probability": probability})
+                shown = list(item) if isinstance(item, tuple) else str(item)
+                rows.append({"input": shown, "label": labels[index], "probability": probability})
     return rows
 
 
-def _texts_from_file(path: Path, column: str) -> list[str]:
+def _encode_texts(tokenizer, chunk: list, max_length: int) -> dict:
+    """Tokenise texts, or (text, pair) tuples as two segments, the way training did."""
+    if isinstance(chunk[0], tuple):
+        first, second = [pair[0] for pair in chunk], [pair[1] for pair in chunk]
+    else:
+        first, second = chunk, None
+    return tokenizer(first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+
+def _texts_from_file(path: Path, column: str, pair_column: str | None = None) -> list:
     if path.suffix.lower() == ".txt":
+        if pair_column:
+            raise UserError(
+                f"--input: this run classifies text pairs; a .txt file holds single texts. Use a "
+                f"csv/tsv/jsonl/parquet file with the columns '{column}' and '{pair_column}'"
+            )
         if not path.is_file():
             raise UserError(f"--input: file not found: {path}")
         try:
@@ -53,10 +72,15 @@ def _texts_from_file(path: Path, column: str) -> list[str]:
         if not lines:
             raise UserError(f"--input: {path} is empty")
         return lines
-    frame = read_table(path, "input")
-    if column not in frame.columns:
-        raise UserError(f"--input: column '{column}' not in {path}; columns are: {', '.join(map(str, frame.columns))}")
-    return [str(value) for value in frame[column].tolist()]
+    frame = read_table(path, "--input")
+    for name in [column] + ([pair_column] if pair_column else []):
+        if name not in frame.columns:
+            available = ", ".join(map(str, frame.columns))
+            raise UserError(f"--input: column '{name}' not in {path}; columns are: {available}")
+    texts = [str(value) for value in frame[column].tolist()]
+    if not pair_column:
+        return texts
+    return list(zip(texts, [str(value) for value in frame[pair_column].tolist()], strict=True))
 
 
 def _images_from_path(path: Path) -> list[Path]:

@@ -20,6 +20,17 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def process_state():
+    """This process's place in the launch (torchrun): rank, world size, main or not.
+
+    Must pick the device as ``make_accelerator`` does: the state is created once per process, and
+    created without ``cpu=True`` on a CPU-only machine it ignores torchrun and reports one process.
+    """
+    from accelerate.state import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def make_accelerator(train: TrainConfig):
     """A fresh Accelerator; batches are global and split across processes (split_batches)."""
     from accelerate import Accelerator

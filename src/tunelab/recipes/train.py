@@ -21,6 +21,7 @@ from tunelab.engine.schedules import build_scheduler
 from tunelab.evaluate import classification_loss, evaluate_split
 from tunelab.io import write_atomic, write_json
 from tunelab.models import load_model, save_model
+from tunelab.models.builtin import build_cached
 from tunelab.models.loading import count_parameters
 from tunelab.recipes.runtime import make_accelerator, peak_memory_mb, quiet_libraries
 from tunelab.rundir import BEST, CONFIG, METRICS, MODEL, REPORT, RESULTS
@@ -31,6 +32,9 @@ def run_training(config: RunConfig, run_dir: Path, console: Console | None = Non
     """Train, evaluate before and after, save the model, results and report. Returns results."""
     quiet_libraries()
     console = console or Console(stderr=True)
+    # Built before this run makes its Accelerator and seeds: building is a nested run that would
+    # reset both (losing grad_accum_steps and mixed_precision, shifting every random draw).
+    build_cached(config.model.source)
     accelerator = make_accelerator(config.train)
     main = accelerator.is_main_process
     if main:

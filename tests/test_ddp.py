@@ -1,0 +1,136 @@
+"""Two-process data parallel training on CPU (torchrun, gloo) matches one process.
+
+``train.batch_size`` is the global batch (the Accelerator splits each batch across processes),
+so with dropout off, two processes see the same examples per optimizer step as one process and
+DDP's gradient all-reduce (a mean over two half-batch means) equals the one-process gradient up
+to floating-point noise. The training set (64) and validation/test sets (32) divide evenly by the
+batch sizes, so no process pads or repeats examples.
+
+``accelerate launch --cpu --num_processes 2`` is not used: without an MPI launcher it starts a
+single process. torchrun starts the two and Accelerate picks them up (MULTI_CPU, gloo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunelab.rundir import METRICS, MODEL, RESULTS
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+LAUNCH_TIMEOUT = 300  # a hang (a collective waiting on a process that went another way) fails, not blocks
+
+
+@pytest.fixture
+def ddp_config(text_config, write_config):
+    config = text_config | {
+        "model": text_config["model"] | {"dropout": 0.0},
+        "optim": {"lr": 1e-2},
+        # Evaluating every epoch also exercises the best-weights checkpoint (written by rank 0,
+        # read back by every rank at the end).
+        "train": text_config["train"] | {"epochs": 4, "batch_size": 8, "eval_batch_size": 16, "log_every": 2},
+    }
+    return write_config(config)
+
+
+def _launch(prefix: list[str], config, run_dir, tmp_path) -> subprocess.CompletedProcess:
+    launcher_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {key: value for key, value in os.environ.items() if key not in launcher_keys}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TUNELAB_CACHE": str(tmp_path / "cache"),
+    }
+    command = [*prefix, "-m", "tunelab", "train", str(config), "--output", str(run_dir), "--json"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, cwd=tmp_path)
+    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def test_two_processes_match_one(ddp_config, tmp_path):
+    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    single = _launch([sys.executable], ddp_config, single_dir, tmp_path)
+    ddp = _launch(TORCHRUN, ddp_config, ddp_dir, tmp_path)
+
+    # Only rank 0 prints: stdout is exactly one JSON document; rank 1 adds nothing to stderr.
+    printed = json.loads(ddp.stdout)
+    assert printed["processes"] == 2
+    assert "Traceback" not in ddp.stderr and "error:" not in ddp.stderr
+    assert json.loads(single.stdout)["processes"] == 1
+
+    one = json.loads((single_dir / RESULTS).read_text())
+    two = json.loads((ddp_dir / RESULTS).read_text())
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["steps"] == two["steps"] == 4 * 64 // 8
+    assert one["examples"] == two["examples"]
+    assert one["best"]["step"] == two["best"]["step"]
+    assert one["final"]["validation"]["accuracy"] > 0.6  # it learned: the comparison is not of two idle models
+    for split in ("validation", "test", "train"):
+        assert two["final"][split]["examples"] == one["final"][split]["examples"]
+        for metric in ("loss", "accuracy", "f1", "auc"):
+            assert two["final"][split][metric] == pytest.approx(one["final"][split][metric], abs=1e-4), (split, metric)
+
+    # Rank 0 alone writes the logs: the same records (no line twice), with losses equal up to noise.
+    lines_one = [json.loads(line) for line in (single_dir / METRICS).read_text().splitlines()]
+    lines_two = [json.loads(line) for line in (ddp_dir / METRICS).read_text().splitlines()]
+    assert [(r["type"], r["step"]) for r in lines_two] == [(r["type"], r["step"]) for r in lines_one]
+    for a, b in zip(lines_one, lines_two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-4)
+    assert sorted(p.name for p in ddp_dir.iterdir()) == sorted(p.name for p in single_dir.iterdir())
+    assert not [p for p in ddp_dir.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+
+    weights_one = load_file(single_dir / MODEL / "model.safetensors")
+    weights_two = load_file(ddp_dir / MODEL / "model.safetensors")
+    assert weights_one.keys() == weights_two.keys()
+    for name, value in weights_one.items():
+        # Attention key biases get an exactly-zero gradient in exact arithmetic (softmax ignores a
+        # shift shared by all keys); Adam divides their rounding noise by its own square root, so
+        # the two runs' noise grows to ~1e-4 there. Every other weight agrees to ~1e-6.
+        tolerance = 1e-3 if name.endswith("attention.self.key.bias") else 2e-5
+        torch.testing.assert_close(weights_two[name], value, atol=tolerance, rtol=0, msg=name)
+
+
+def test_two_processes_build_the_cached_pretrained_cnn(write_config, tmp_path):
+    """First use of ``digits-cnn`` trains it in a nested run. Under torchrun each process used to
+    stage that run in a folder named after its own pid, so rank 1 looked for the best checkpoint
+    in an empty folder and crashed; now all use the main process's folder."""
+    config = write_config({
+        "task": "image-classification",
+        "seed": 0,
+        "model": {"source": "digits-cnn"},
+        "data": {"train": "digits", "digits_classes": [5, 6, 7, 8, 9], "digits_train_per_class": 16},
+        "train": {"epochs": 2, "batch_size": 8, "grad_accum_steps": 2},
+    })
+    ddp = _launch(TORCHRUN, config, tmp_path / "ddp", tmp_path)
+    results = json.loads(ddp.stdout)
+    assert results["processes"] == 2
+    assert (results["steps"], results["epochs_completed"]) == (2 * 80 // 16, 2)
+    cache = tmp_path / "cache"
+    assert [p.name for p in cache.iterdir()] == ["digits-cnn-0-4"]  # no staging folder left behind
+    assert (cache / "digits-cnn-0-4" / "model" / "model.safetensors").exists()
+
+
+def test_only_the_main_process_prepares_the_run_directory(text_config, write_config, tmp_path, monkeypatch):
+    """Every torchrun process runs ``cmd_train``; a second one checking, clearing (--overwrite) and
+    creating the directory at the same time as rank 0 raced it (each deleting the other's files)."""
+    import tunelab.cli
+    import tunelab.recipes.train
+
+    run_dir = tmp_path / "existing"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("kept\n")
+    (run_dir / "results.json").write_text("{}\n")
+    seen = []
+    monkeypatch.setattr(tunelab.cli, "_is_main_process", lambda: False)
+    monkeypatch.setattr(tunelab.recipes.train, "run_training", lambda _, folder, *a, **k: seen.append(folder) or {})
+    config = write_config(text_config)
+    assert tunelab.cli.main(["train", str(config), "--output", str(run_dir), "--overwrite", "--quiet"]) == 0
+    assert seen == [run_dir]
+    assert (run_dir / "config.yaml").read_text() == "kept\n"  # not cleared by a non-main process
