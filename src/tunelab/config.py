@@ -48,6 +48,9 @@ class DataConfig(Section):
     digits_classes: list[int] = Field(default_factory=lambda: list(range(10)))
     digits_train_per_class: int | None = Field(None, ge=1)
     digits_validation_per_class: int = Field(20, ge=1)
+    digits_pretext: Literal["none", "dihedral"] = Field(
+        "none", description="dihedral: also label each image's rotation/flip (8x the classes), a pretext task"
+    )
 
     @model_validator(mode="after")
     def _digits_classes_valid(self) -> DataConfig:

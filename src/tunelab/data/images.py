@@ -39,21 +39,26 @@ def open_image(path: Path, where: str) -> Image.Image:
 
 
 class SimpleImageTransform:
-    """Resize to a square, scale to [0, 1], normalise each channel with mean and std."""
+    """Resize to a square, scale to [0, 1], normalise each channel with mean and std.
 
-    def __init__(self, size: int, mean: float = 0.5, std: float = 0.5):
-        self.size, self.mean, self.std = size, mean, std
+    ``channels`` 1 reads images as greyscale (the built-in digits), 3 as RGB.
+    """
+
+    def __init__(self, size: int, mean: float = 0.5, std: float = 0.5, channels: int = 3):
+        self.size, self.mean, self.std, self.channels = size, mean, std, channels
 
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        mode = "L" if self.channels == 1 else "RGB"
         arrays = [
-            np.asarray(image.resize((self.size, self.size), Image.BILINEAR), dtype=np.float32) / 255.0
+            np.asarray(image.convert(mode).resize((self.size, self.size), Image.BILINEAR), dtype=np.float32) / 255.0
             for image in images
         ]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        batch = torch.from_numpy(np.stack(arrays))
+        batch = batch.unsqueeze(1) if self.channels == 1 else batch.permute(0, 3, 1, 2)
         return (batch - self.mean) / self.std
 
     def settings(self) -> dict:
-        return {"image_size": self.size, "mean": self.mean, "std": self.std}
+        return {"image_size": self.size, "mean": self.mean, "std": self.std, "channels": self.channels}
 
 
 def processor_transform(processor):

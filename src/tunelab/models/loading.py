@@ -80,8 +80,11 @@ def load_model(config, labels, channels: int = 3) -> LoadedModel:
         set_dropout(loaded.model, config.model.dropout)
     if config.model.gradient_checkpointing:
         _enable_gradient_checkpointing(loaded.model, source)
-    if loaded.kind == "module" and config.task == "image-classification" and loaded.image_transform is None:
-        loaded.image_transform = _simple_transform(config.data.image_size or 32)
+    if config.data.train == "digits":  # so predict can read 8x8 greyscale images like the built-in's
+        loaded.image_transform = _simple_transform(8, channels=1)
+        loaded.preprocessing = loaded.image_transform.settings()
+    elif loaded.kind == "module" and config.task == "image-classification" and loaded.image_transform is None:
+        loaded.image_transform = _simple_transform(config.data.image_size or 32, channels=channels)
         loaded.preprocessing = loaded.image_transform.settings()
     if config.task == "text-classification" and loaded.tokenizer is None:
         raise UserError(f"model.source: {source} brings no tokenizer, so it cannot read text")
@@ -279,10 +282,10 @@ def _saved_module(folder: Path, labels) -> LoadedModel:
     return loaded
 
 
-def _simple_transform(image_size: int, mean: float = 0.5, std: float = 0.5):
+def _simple_transform(image_size: int, mean: float = 0.5, std: float = 0.5, channels: int = 3):
     from tunelab.data.images import SimpleImageTransform
 
-    return SimpleImageTransform(image_size, mean, std)
+    return SimpleImageTransform(image_size, mean, std, channels)
 
 
 def _read_meta(folder: Path) -> dict:
