@@ -61,20 +61,21 @@ def cmd_train(args) -> dict:
     from tunelab.config import load_config
     from tunelab.recipes.train import run_training
     from tunelab.report import terminal
-    from tunelab.rundir import REPORT, discard_unstarted_run, prepare_run_dir
+    from tunelab.rundir import REPORT, finish_run_dir, prepare_run_dir
 
     config = load_config(args.config, args.overrides)
     output = args.output or config.output_dir or f"runs/{Path(args.config).stem}"
-    created = not Path(output).exists()
-    # Under torchrun every process runs this; only one may check, clear (--overwrite) and create
-    # the directory, or they race and delete each other's files. The others write nothing there.
-    run_dir = prepare_run_dir(output, args.overwrite) if _is_main_process() else Path(output)
+    # Under torchrun every process runs this; only one may check, set aside (--overwrite) and
+    # create the directory, or they race and delete each other's files.
+    main_process = _is_main_process()
+    run_dir = prepare_run_dir(output, args.overwrite) if main_process else Path(output)
+    succeeded = False
     try:
         results = run_training(config, run_dir, stderr, progress=not (args.quiet or args.json))
-    except UserError:
-        if created and _is_main_process():  # so that fixing the mistake needs no --overwrite
-            discard_unstarted_run(run_dir)
-        raise
+        succeeded = True
+    finally:
+        if main_process:  # a failed run never costs the user the run it was replacing
+            finish_run_dir(run_dir, succeeded)
     if not args.json and _is_main_process():
         for warning in terminal.warnings_for(results):
             stderr.print(f"[yellow]warning:[/] {warning}")

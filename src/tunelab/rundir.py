@@ -17,6 +17,8 @@ BEST = "checkpoints/best"
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
+    """Create a fresh run directory. An earlier run there is set aside (``--overwrite``), not
+    deleted: :func:`finish_run_dir` deletes it once the new run succeeds, or puts it back."""
     run_dir = Path(path)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output: {run_dir} exists and is a file, not a run directory")
@@ -25,14 +27,32 @@ def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
             raise UserError(f"output: {run_dir} already exists; pass --overwrite or choose another --output")
         if not (run_dir / CONFIG).exists():
             raise UserError(f"output: {run_dir} is not a tunelab run directory; refusing to overwrite it")
-        _check_writable(run_dir)
-        shutil.rmtree(run_dir)
+        _check_writable(run_dir.parent)
+        shutil.rmtree(_set_aside_name(run_dir), ignore_errors=True)
+        run_dir.rename(_set_aside_name(run_dir))
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"output: cannot create {run_dir}: {error.strerror or error}") from None
     _check_writable(run_dir)
     return run_dir
+
+
+def finish_run_dir(run_dir: Path, succeeded: bool) -> None:
+    """After a run: drop the set-aside earlier run, or, if the new run failed, restore it."""
+    previous = _set_aside_name(run_dir)
+    if succeeded:
+        shutil.rmtree(previous, ignore_errors=True)
+        return
+    if previous.exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        previous.rename(run_dir)
+    else:
+        discard_unstarted_run(run_dir)
+
+
+def _set_aside_name(run_dir: Path) -> Path:
+    return run_dir.with_name(f".{run_dir.name}.previous")
 
 
 def discard_unstarted_run(run_dir: Path) -> None:

@@ -20,7 +20,7 @@ from tunelab.config import validate
 from tunelab.errors import UserError
 from tunelab.io import write_atomic, write_json
 from tunelab.recipes.train import run_training
-from tunelab.rundir import REPORT, prepare_run_dir
+from tunelab.rundir import REPORT, finish_run_dir, prepare_run_dir
 
 MARKER = ".tunelab-demo"
 LABELS = {
@@ -59,6 +59,7 @@ def run_demo(output: Path, stdout, stderr, show: bool = True, progress: bool = T
             config["seed"] = draw
             run_dir = prepare_run_dir(output / f"draw-{draw}" / name, overwrite=True)
             runs[name].append(run_training(validate(config), run_dir, stderr, progress=False))
+            finish_run_dir(run_dir, succeeded=True)
     summary = _summary(runs)
     write_json(output / "demo.json", summary)
     write_atomic(output / REPORT, _page(summary))
