@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test slow lint bench clean
+.PHONY: setup demo test slow lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,7 @@ slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks examples
-
-bench: setup
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/ruff check src tests examples
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

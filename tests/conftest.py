@@ -35,6 +35,17 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header=("text", "label"),
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # Tiny models gain nothing from intra-op threads; on a busy two-core machine they spin-wait.
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path_factory.getbasetemp() / "tunelab-cache"))

@@ -22,15 +22,6 @@ SPLITS = ("train", "validation", "test")
 OVERRIDES = ["--set", "optim.lr=0.002", "--set", "train.epochs=2", "--set", "schedule.name=cosine"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads; on a busy two-core machine they spin-wait.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def text_run(tiny_bert, sentiment_files, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("text-run")
@@ -211,14 +202,18 @@ def test_demo_writes_a_table_report_and_summary_and_can_run_twice(tmp_path, caps
     output = tmp_path / "demo"
     for _ in range(2):
         capsys.readouterr()
-        assert main(["demo", "--output", str(output), "--quiet"]) == 0
+        assert main(["demo", "--output", str(output), "--quiet", "--draws", "2"]) == 0
         printed = capsys.readouterr().out
         assert "fine-tuned" in printed and "from scratch" in printed and "test accuracy" in printed
         summary = json.loads((output / "demo.json").read_text(encoding="utf-8"))
         assert {"base", "scratch", "fine-tuned"} <= set(summary)
         assert 0 <= summary["fine-tuned"]["accuracy"] <= 1
         assert (output / "report.html").is_file()
-        assert (output / "fine-tuned" / "report.html").is_file()
+        assert summary["draws"] == 2 and len(summary["fine-tuned"]["per_draw"]) == 2
+        for draw in range(2):
+            assert (output / f"draw-{draw}" / "fine-tuned" / "report.html").is_file()
+            assert (output / f"draw-{draw}" / "scratch" / "report.html").is_file()
+    assert not any(p.name.endswith(".previous") for p in output.rglob("*"))
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys):

@@ -34,15 +34,6 @@ FILLER = ["the", "movie", "was", "a", "plot", "and", "story", "really"]
 MAX_LENGTH = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads; on a busy two-core machine they spin-wait.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def word_rows(count: int, seed: int, long_every: int = 0) -> pd.DataFrame:
     """Three classes named by numbers; every ``long_every``-th row is far past MAX_LENGTH."""
     rng = random.Random(seed)

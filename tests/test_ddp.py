@@ -39,7 +39,7 @@ def ddp_config(text_config, write_config):
     return write_config(config)
 
 
-def _launch(prefix: list[str], config, run_dir, tmp_path) -> subprocess.CompletedProcess:
+def _launch(prefix: list[str], config, run_dir, tmp_path, program=("-m", "tunelab")) -> subprocess.CompletedProcess:
     launcher_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {key: value for key, value in os.environ.items() if key not in launcher_keys}
     env |= {
@@ -48,7 +48,7 @@ def _launch(prefix: list[str], config, run_dir, tmp_path) -> subprocess.Complete
         "TOKENIZERS_PARALLELISM": "false",
         "TUNELAB_CACHE": str(tmp_path / "cache"),
     }
-    command = [*prefix, "-m", "tunelab", "train", str(config), "--output", str(run_dir), "--json"]
+    command = [*prefix, *program, "train", str(config), "--output", str(run_dir), "--json"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, cwd=tmp_path)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
@@ -108,7 +108,17 @@ def test_two_processes_build_the_cached_pretrained_cnn(write_config, tmp_path):
         "data": {"train": "digits", "digits_classes": [5, 6, 7, 8, 9], "digits_train_per_class": 16},
         "train": {"epochs": 2, "batch_size": 8, "grad_accum_steps": 2},
     })
-    ddp = _launch(TORCHRUN, config, tmp_path / "ddp", tmp_path)
+    # The built-in's quality is not the point here: pretrain it for one epoch, not fifteen.
+    program = tmp_path / "tunelab_quick_pretrain.py"
+    program.write_text(
+        "import sys\n"
+        "from tunelab.models import builtin\n"
+        "builtin.PRETRAIN_CONFIG['train'] |= {'epochs': 1}\n"
+        "builtin.PRETRAIN_CONFIG['data'] |= {'digits_train_per_class': 8}\n"
+        "from tunelab.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    ddp = _launch(TORCHRUN, config, tmp_path / "ddp", tmp_path, program=(str(program),))
     results = json.loads(ddp.stdout)
     assert results["processes"] == 2
     assert (results["steps"], results["epochs_completed"]) == (2 * 80 // 16, 2)

@@ -19,15 +19,6 @@ CLASSES = {"zero": 0, "one": 1, "seven": 7}
 PER_CLASS = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads; on a busy two-core machine they spin-wait.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def digit_png(pixels: np.ndarray, path: Path) -> Path:
     """An 8x8 digit (0..16) as a 16x16 RGB PNG."""
     gray = (pixels * (255 / 16)).astype(np.uint8)

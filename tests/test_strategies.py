@@ -17,15 +17,6 @@ from tunelab.rundir import MODEL, RESULTS, prepare_run_dir
 from tunelab.strategies.anatomy import anatomy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is faster than two fighting over two busy cores, and repeatable.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def train(config: dict, run_dir) -> tuple[dict, dict[str, torch.Tensor]]:
     results = run_training(validate(config), prepare_run_dir(run_dir, False), progress=False)
     assert json.loads((run_dir / RESULTS).read_text())["parameters"] == results["parameters"]

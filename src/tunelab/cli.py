@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="transfer learning on digits in about a minute")
     demo.add_argument("--output", "-o", default="runs/demo", help="where the demo writes (default runs/demo)")
+    demo.add_argument("--draws", type=int, default=5, choices=range(1, 21), metavar="N",
+                      help="how many random draws of the few training images to average (default 5)")
     _common(demo)
     return parser
 
@@ -109,7 +111,7 @@ def cmd_predict(args) -> list[dict]:
 def cmd_demo(args) -> dict:
     from tunelab.recipes.demo import run_demo
 
-    return run_demo(Path(args.output), stdout, stderr, show=not args.json, progress=not (args.quiet or args.json))
+    return run_demo(Path(args.output), stdout, stderr, draws=args.draws, show=not args.json)
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo}

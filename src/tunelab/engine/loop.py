@@ -54,11 +54,12 @@ def fit(
             running_count += 1
             if not accelerator.sync_gradients:
                 continue
+            step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used, before the schedule moves on
             scheduler.step()
             state.step += 1
             if state.step % config.log_every == 0 or state.step == total:
                 mean_loss = accelerator.reduce(running_loss / running_count, reduction="mean").item()
-                record = {"step": state.step, "epoch": epoch, "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"]}
+                record = {"step": state.step, "epoch": epoch, "loss": mean_loss, "lr": step_lr}
                 fire("on_log", state, record)
                 running_loss, running_count = torch.zeros((), device=accelerator.device), 0
             if isinstance(config.eval_every, int) and state.step % config.eval_every == 0:

@@ -124,7 +124,10 @@ def set_dropout(model: nn.Module, rate: float) -> None:
 def _enable_gradient_checkpointing(model: nn.Module, source: str) -> None:
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise UserError(f"model.gradient_checkpointing: {source} does not support gradient checkpointing")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 name; the old one is deprecated
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _minilm_folder() -> Path:

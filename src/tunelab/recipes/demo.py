@@ -42,7 +42,7 @@ DRAWS = 5
 MODELS = {"fine-tuned": "digits-cnn", "scratch": "cnn"}
 
 
-def run_demo(output: Path, stdout, stderr, show: bool = True, progress: bool = True) -> dict:
+def run_demo(output: Path, stdout, stderr, draws: int = DRAWS, show: bool = True) -> dict:
     _claim(output)
     if show:
         stderr.print("pretraining the CNN on digits 0-4 (cached after the first run) ...")
@@ -50,9 +50,9 @@ def run_demo(output: Path, stdout, stderr, show: bool = True, progress: bool = T
 
     digits_cnn_folder()
     runs: dict[str, list[dict]] = {name: [] for name in MODELS}
-    for draw in range(DRAWS):
+    for draw in range(draws):
         if show:
-            stderr.print(f"draw {draw + 1}/{DRAWS}: fine-tuning and training from scratch on 25 images of digits 5-9")
+            stderr.print(f"draw {draw + 1}/{draws}: fine-tuning and training from scratch on 25 images of digits 5-9")
         for name, source in MODELS.items():
             config = copy.deepcopy(DEMO_CONFIG)
             config["model"]["source"] = source

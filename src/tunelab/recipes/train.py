@@ -47,6 +47,11 @@ def run_training(config: RunConfig, run_dir: Path, console: Console | None = Non
     strategy = build_strategy(config.strategy)
     model = strategy.apply(loaded.model)
     trainable, total = count_parameters(model)
+    if main and accelerator.num_processes > 1 and _trains_batch_norm(model, config):
+        console.print(
+            "[yellow]warning:[/] batch-norm statistics are computed per process under DDP, so results differ "
+            "from one process; set strategy.freeze_norm_stats: true to keep them identical"
+        )
     optimizer = build_optimizer(strategy.parameter_groups(model, config.optim), config.optim)
 
     collate = make_collate(loaded, config.task)
@@ -115,6 +120,12 @@ def run_training(config: RunConfig, run_dir: Path, console: Console | None = Non
         write_report(run_dir, run_dir / REPORT)
     accelerator.wait_for_everyone()
     return results
+
+
+def _trains_batch_norm(model: torch.nn.Module, config: RunConfig) -> bool:
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return not config.strategy.freeze_norm_stats and any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
 def _evaluation_sets(datasets: dict, config: RunConfig) -> dict:
