@@ -1,6 +1,6 @@
 """Write scikit-learn's digits as an image folder (one sub-folder per class) for the image example.
 
-    .venv/bin/python examples/make_digit_images.py [OUTPUT_DIR]   # default runs/digit-images
+.venv/bin/python examples/make_digit_images.py [OUTPUT_DIR]   # default runs/digit-images
 """
 
 import sys

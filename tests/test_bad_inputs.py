@@ -177,15 +177,24 @@ DATA_FILES = {
     "empty-file": ("train", "empty.csv", b"", {}, ["data.train", "empty.csv", "empty"]),
     "header-only": ("train", "header.csv", b"text,label\n", {}, ["data.train", "header.csv", "no data rows"]),
     "no-text-column": (
-        "train", "sentences.csv", b"sentence,label\nnice,pos\nbad,neg\n", {},
+        "train",
+        "sentences.csv",
+        b"sentence,label\nnice,pos\nbad,neg\n",
+        {},
         ["data.train", "'text'", "sentences.csv", "sentence, label"],
     ),
     "configured-column-absent": (
-        "validation", "val.csv", b"text,label\nnice,pos\nbad,neg\n", {"data.text_column": "review"},
+        "validation",
+        "val.csv",
+        b"text,label\nnice,pos\nbad,neg\n",
+        {"data.text_column": "review"},
         ["data.train", "'review'"],
     ),
     "unseen-test-label": (
-        "test", "test.csv", b"text,label\nnice,pos\nso-so,neutral\n", {},
+        "test",
+        "test.csv",
+        b"text,label\nnice,pos\nso-so,neutral\n",
+        {},
         ["data.test", "'neutral'", "row 2"],
     ),
     "not-utf8": ("train", "latin.csv", LATIN1, {}, ["data.train", "latin.csv", "UTF-8"]),
@@ -194,22 +203,34 @@ DATA_FILES = {
     "one-class": ("train", "one.csv", b"text,label\na,pos\nb,pos\nc,pos\n", {}, ["data.train", "two classes"]),
     "blank-label": ("train", "blank.csv", b"text,label\na,pos\nb,\nc,neg\n", {}, ["data.train", "blank.csv", "label"]),
     "blank-text": ("validation", "blank.csv", b"text,label\n,pos\nb,neg\n", {}, ["data.validation", "'text'"]),
-    "broken-jsonl": ("train", "train.jsonl", b'{"text": "a", "label": "pos"}\n{"text": \n', {},
-                     ["data.train", "train.jsonl", "cannot parse"]),
+    "broken-jsonl": (
+        "train",
+        "train.jsonl",
+        b'{"text": "a", "label": "pos"}\n{"text": \n',
+        {},
+        ["data.train", "train.jsonl", "cannot parse"],
+    ),
     "jsonl-of-lists": ("train", "lists.jsonl", b"[1, 2]\n[3, 4]\n", {}, ["data.train", "lists.jsonl"]),
-    "ragged-csv": ("train", "ragged.csv", b"text,label\na,pos\nb,neg,extra,more\n", {},
-                   ["data.train", "ragged.csv"]),
-    "broken-parquet": ("train", "train.parquet", b"not parquet at all", {},
-                       ["data.train", "train.parquet", "cannot parse"]),
+    "ragged-csv": ("train", "ragged.csv", b"text,label\na,pos\nb,neg,extra,more\n", {}, ["data.train", "ragged.csv"]),
+    "broken-parquet": (
+        "train",
+        "train.parquet",
+        b"not parquet at all",
+        {},
+        ["data.train", "train.parquet", "cannot parse"],
+    ),
     "line-break-in-file-name": ("train", "two\nlines.csv", None, {}, ["data.train", "two\\nlines.csv"]),
-    "missing-pair-column": ("train", "pairs.csv", b"text,label\na,pos\nb,neg\n", {"data.text_pair_column": "hyp"},
-                            ["data.train", "'hyp'"]),
+    "missing-pair-column": (
+        "train",
+        "pairs.csv",
+        b"text,label\na,pos\nb,neg\n",
+        {"data.text_pair_column": "hyp"},
+        ["data.train", "'hyp'"],
+    ),
 }
 
 
-@pytest.mark.parametrize(
-    ("role", "name", "content", "patch", "names"), DATA_FILES.values(), ids=DATA_FILES.keys()
-)
+@pytest.mark.parametrize(("role", "name", "content", "patch", "names"), DATA_FILES.values(), ids=DATA_FILES.keys())
 def test_bad_data_file(train, tmp_path, role, name, content, patch, names):
     path = tmp_path / "data" / name
     path.parent.mkdir()
@@ -221,6 +242,7 @@ def test_bad_data_file(train, tmp_path, role, name, content, patch, names):
 
 
 # --- models and strategies -----------------------------------------------------------------
+
 
 def test_model_folder_missing(train, tmp_path):
     train({"model.source": str(tmp_path / "no-such-model")}, "model.source", "no-such-model")
@@ -273,6 +295,7 @@ def test_everything_frozen(train):
 
 # --- the run directory ---------------------------------------------------------------------
 
+
 def test_existing_run_dir_is_not_clobbered(capsys, text_config, write_config, tmp_path):
     run_dir = tmp_path / "earlier"
     (run_dir / "model").mkdir(parents=True)
@@ -314,6 +337,7 @@ def test_output_dir_from_config_is_checked_too(capsys, text_config, write_config
 
 # --- eval and predict ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def finished_run(tiny_bert, sentiment_files, tmp_path_factory) -> Path:
     """A run directory as ``train`` leaves it (an untrained head is enough to be read back)."""
@@ -321,10 +345,12 @@ def finished_run(tiny_bert, sentiment_files, tmp_path_factory) -> Path:
     from tunelab.data import read_data
     from tunelab.models import load_model, save_model
 
-    config = validate({
-        "model": {"source": str(tiny_bert)},
-        "data": {key: str(path) for key, path in sentiment_files.items()} | {"max_length": 32},
-    })
+    config = validate(
+        {
+            "model": {"source": str(tiny_bert)},
+            "data": {key: str(path) for key, path in sentiment_files.items()} | {"max_length": 32},
+        }
+    )
     run_dir = tmp_path_factory.mktemp("finished-run")
     raw = read_data(config)
     loaded = load_model(config, raw.labels)
@@ -352,11 +378,16 @@ EVAL_DATA = {
 
 @pytest.mark.parametrize(("name", "content", "names"), EVAL_DATA.values(), ids=EVAL_DATA.keys())
 def test_eval_with_bad_data_file(capsys, finished_run, tmp_path, name, content, names):
-    path = tmp_path / name
+    argv = ["eval", finished_run, "--data", _planted(tmp_path, name, content)]
+    assert_user_error(capsys, argv, *names, untouched=(finished_run, tmp_path))
+
+
+def _planted(folder, name: str, content: bytes | None):
+    """A file with ``content`` in ``folder`` (or just its path when content is None)."""
+    path = folder / name
     if content is not None:
         path.write_bytes(content)
-    argv = ["eval", finished_run, "--data", path]
-    assert_user_error(capsys, argv, *names, untouched=(finished_run, tmp_path))
+    return path
 
 
 def test_eval_with_damaged_run_config(capsys, finished_run, tmp_path, copy_tree):
@@ -384,10 +415,7 @@ PREDICT_INPUTS = {
 
 @pytest.mark.parametrize(("name", "content", "names"), PREDICT_INPUTS.values(), ids=PREDICT_INPUTS.keys())
 def test_predict_with_bad_input(capsys, finished_run, tmp_path, name, content, names):
-    path = tmp_path / name
-    if content is not None:
-        path.write_bytes(content)
-    argv = ["predict", finished_run, "--input", path]
+    argv = ["predict", finished_run, "--input", _planted(tmp_path, name, content)]
     assert_user_error(capsys, argv, *names, untouched=(finished_run, tmp_path))
 
 
@@ -415,6 +443,7 @@ def test_bad_command_line(capsys, argv, names):
 
 
 # --- generated garbage ---------------------------------------------------------------------
+
 
 def _leaf_keys(model=RunConfig, prefix: str = "") -> list[str]:
     keys = []

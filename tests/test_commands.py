@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import make_text_config
 from tunelab.cli import main
 from tunelab.io import read_jsonl
 
@@ -25,14 +26,8 @@ OVERRIDES = ["--set", "optim.lr=0.002", "--set", "train.epochs=2", "--set", "sch
 @pytest.fixture(scope="module")
 def text_run(tiny_bert, sentiment_files, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("text-run")
-    config = {
-        "task": "text-classification",
-        "seed": 0,
-        "model": {"source": str(tiny_bert)},
-        "data": {key: str(path) for key, path in sentiment_files.items()} | {"max_length": 32},
-        "optim": {"lr": 1e-3},
-        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "log_every": 2},
-    }
+    config = make_text_config(tiny_bert, sentiment_files)
+    config["train"] |= {"epochs": 1, "eval_batch_size": 32}
     config_file = folder / "run.yaml"
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     run_dir = folder / "run"

@@ -205,11 +205,13 @@ def pair_frame(count: int, seed: int) -> pd.DataFrame:
     for index in range(count):
         first = rng.choice(["2", "9"])
         second = first if index % 2 == 0 else ("9" if first == "2" else "2")
-        rows.append({
-            "premise": f"{rng.choice(FILLER)} {rng.choice(WORDS[first])}",
-            "hypothesis": f"{rng.choice(FILLER)} {rng.choice(WORDS[second])} {rng.choice(FILLER)}",
-            "label": "same" if first == second else "different",
-        })
+        rows.append(
+            {
+                "premise": f"{rng.choice(FILLER)} {rng.choice(WORDS[first])}",
+                "hypothesis": f"{rng.choice(FILLER)} {rng.choice(WORDS[second])} {rng.choice(FILLER)}",
+                "label": "same" if first == second else "different",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -233,8 +235,7 @@ def test_text_pair_run_trains_and_predicts_on_both_texts(tiny_bert, tmp_path, ca
 
     frame = pair_frame(48, seed=1)
     write_table(frame, tmp_path / "train.csv")
-    config = text_run_config(tiny_bert, tmp_path / "train.csv", text_column="premise",
-                             text_pair_column="hypothesis")
+    config = text_run_config(tiny_bert, tmp_path / "train.csv", text_column="premise", text_pair_column="hypothesis")
     run_dir = train_run(config, tmp_path)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["labels"] == ["different", "same"]
@@ -249,8 +250,9 @@ def test_text_pair_run_trains_and_predicts_on_both_texts(tiny_bert, tmp_path, ca
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
     query_frame = pd.read_csv(queries)
     with torch.no_grad():
-        encoded = tokenizer(list(query_frame["premise"]), list(query_frame["hypothesis"]),
-                            padding=True, return_tensors="pt")
+        encoded = tokenizer(
+            list(query_frame["premise"]), list(query_frame["hypothesis"]), padding=True, return_tensors="pt"
+        )
         probabilities = torch.softmax(model(**encoded).logits, dim=-1)
     assert [row["probability"] for row in rows] == pytest.approx(probabilities.max(-1).values.tolist(), abs=1e-5)
 

@@ -101,13 +101,15 @@ def test_two_processes_build_the_cached_pretrained_cnn(write_config, tmp_path):
     """First use of ``digits-cnn`` trains it in a nested run. Under torchrun each process used to
     stage that run in a folder named after its own pid, so rank 1 looked for the best checkpoint
     in an empty folder and crashed; now all use the main process's folder."""
-    config = write_config({
-        "task": "image-classification",
-        "seed": 0,
-        "model": {"source": "digits-cnn"},
-        "data": {"train": "digits", "digits_classes": [5, 6, 7, 8, 9], "digits_train_per_class": 16},
-        "train": {"epochs": 2, "batch_size": 8, "grad_accum_steps": 2},
-    })
+    config = write_config(
+        {
+            "task": "image-classification",
+            "seed": 0,
+            "model": {"source": "digits-cnn"},
+            "data": {"train": "digits", "digits_classes": [5, 6, 7, 8, 9], "digits_train_per_class": 16},
+            "train": {"epochs": 2, "batch_size": 8, "grad_accum_steps": 2},
+        }
+    )
     # The built-in's quality is not the point here: pretrain it for one epoch, not fifteen.
     program = tmp_path / "tunelab_quick_pretrain.py"
     program.write_text(

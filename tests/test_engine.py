@@ -205,8 +205,12 @@ def test_each_schedule_with_warmup_runs(name, text_config, tmp_path):
     factor = lr_multiplier(ScheduleConfig(**schedule), 6)
     assert rates == pytest.approx([BASE_LR * factor(step) for step in range(6)], abs=1e-12)
     assert rates[0] < rates[1] < rates[2] == pytest.approx(BASE_LR)  # warmup rises to the base rate
-    expected_last = {"constant": 1.0, "linear": 0.25, "cosine": 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 4)),
-                     "exponential": 0.5**3}
+    expected_last = {
+        "constant": 1.0,
+        "linear": 0.25,
+        "cosine": 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 4)),
+        "exponential": 0.5**3,
+    }
     assert rates[-1] == pytest.approx(BASE_LR * expected_last[name], abs=1e-12)
 
 
@@ -252,8 +256,16 @@ def test_decay_groups_spare_biases_and_norm_weights():
     assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0
     assert ids["decay"] == {id(model[0].weight), id(model[2].weight)}
     assert ids["no_decay"] == {
-        id(p) for p in (model[0].bias, model[1].weight, model[1].bias, model[2].bias, model[3].weight,
-                        model[3].bias, model[4].bias)
+        id(p)
+        for p in (
+            model[0].bias,
+            model[1].weight,
+            model[1].bias,
+            model[2].bias,
+            model[3].weight,
+            model[3].bias,
+            model[4].bias,
+        )
     }  # the frozen Linear weight is in neither
     assert all(group["lr"] == 1e-3 for group in groups.values())
 
@@ -277,8 +289,9 @@ def test_decay_groups_on_bert(tiny_bert):
 
 
 def test_gradient_checkpointing_runs_and_matches(text_config, tmp_path):
-    config = patched(text_config, model={"dropout": 0.0}, train={"max_steps": 3, "load_best_at_end": False},
-                     evaluate={"base": False})
+    config = patched(
+        text_config, model={"dropout": 0.0}, train={"max_steps": 3, "load_best_at_end": False}, evaluate={"base": False}
+    )
     checkpointed, weights, _ = train(patched(config, model={"gradient_checkpointing": True}), tmp_path / "ckpt")
     plain, plain_weights, _ = train(config, tmp_path / "plain")
     assert checkpointed["steps"] == 3

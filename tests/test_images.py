@@ -47,8 +47,13 @@ def tiny_vit(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-vit")
     config = ViTConfig(
-        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
     )
     torch.manual_seed(0)
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
@@ -161,8 +166,11 @@ def test_an_undecodable_image_in_training_data_names_the_file(image_folder, tmp_
     data = copy_tree(image_folder / "train", tmp_path / "train")
     broken = data / "one" / "garbage.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)  # a PNG signature, then nonsense
-    config = {"task": "image-classification", "model": {"source": "cnn"},
-              "data": {"train": str(data), "image_size": 16}}
+    config = {
+        "task": "image-classification",
+        "model": {"source": "cnn"},
+        "data": {"train": str(data), "image_size": 16},
+    }
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
     capsys.readouterr()

@@ -19,11 +19,18 @@ pytestmark = [
 
 def test_minilm_learns_sst2_sentiment(tmp_path):
     """300 sentences, one epoch: far from the example's 85%+, but clearly above chance."""
-    config = load_config(EXAMPLE, [
-        f"data.train={SST2 / 'train.tsv'}", f"data.validation={SST2 / 'dev.tsv'}",
-        "data.max_train_examples=320", "data.max_eval_examples=200", "train.batch_size=16",
-        "evaluate.max_train_examples=100", "optim.lr=1e-4",
-    ])
+    config = load_config(
+        EXAMPLE,
+        [
+            f"data.train={SST2 / 'train.tsv'}",
+            f"data.validation={SST2 / 'dev.tsv'}",
+            "data.max_train_examples=320",
+            "data.max_eval_examples=200",
+            "train.batch_size=16",
+            "evaluate.max_train_examples=100",
+            "optim.lr=1e-4",
+        ],
+    )
     results = run_training(config, prepare_run_dir(tmp_path / "run", False), progress=False)
     assert results["parameters"]["total"] > 22_000_000
     assert results["fresh_head"] == ["classifier.bias", "classifier.weight"]

@@ -28,8 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="fine-tune from a YAML config")
     train.add_argument("config", help="YAML run config")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set optim.lr=1e-4 (repeatable)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
     train.add_argument("--output", "-o", help="run directory (default: output_dir, else runs/<config name>)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     _common(train)
@@ -48,8 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="transfer learning on digits in about a minute")
     demo.add_argument("--output", "-o", default="runs/demo", help="where the demo writes (default runs/demo)")
-    demo.add_argument("--draws", type=int, default=5, choices=range(1, 21), metavar="N",
-                      help="how many random draws of the few training images to average (default 5)")
+    demo.add_argument(
+        "--draws",
+        type=int,
+        default=5,
+        choices=range(1, 21),
+        metavar="N",
+        help="how many random draws of the few training images to average (default 5)",
+    )
     _common(demo)
     return parser
 

@@ -143,8 +143,7 @@ class RunConfig(BaseModel):
     def _task_supported(self) -> RunConfig:
         if self.task in PLANNED_TASKS:
             raise ValueError(
-                f"task '{self.task}' is planned but not available yet; "
-                f"use one of: {', '.join(SUPPORTED_TASKS)}"
+                f"task '{self.task}' is planned but not available yet; use one of: {', '.join(SUPPORTED_TASKS)}"
             )
         return self
 

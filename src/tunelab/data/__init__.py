@@ -96,7 +96,10 @@ def _read_digits(config: RunConfig) -> RawData:
         if getattr(data, role):
             raise UserError(f"data.{role}: the built-in 'digits' makes its own splits; remove this key")
     parts = digits.digits_splits(
-        data.digits_classes, data.digits_train_per_class, data.digits_validation_per_class, config.seed,
+        data.digits_classes,
+        data.digits_train_per_class,
+        data.digits_validation_per_class,
+        config.seed,
         data.digits_pretext,
     )
     splits = {name: RawSplit(name, images, names, "sklearn digits") for name, (images, names) in parts.items()}

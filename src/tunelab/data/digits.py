@@ -34,8 +34,7 @@ def digits_splits(
         rest = indices[test_count + validation_per_class :]
         chosen["train"] += rest[: train_per_class or len(rest)].tolist()
     splits = {
-        split: (images[index_list], [str(digits.target[i]) for i in index_list])
-        for split, index_list in chosen.items()
+        split: (images[index_list], [str(digits.target[i]) for i in index_list]) for split, index_list in chosen.items()
     }
     if pretext == "dihedral":
         splits = {split: _dihedral(images, names) for split, (images, names) in splits.items()}

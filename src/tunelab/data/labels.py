@@ -38,8 +38,7 @@ class LabelMap:
             if label not in lookup:
                 known = ", ".join(self.names[:20])
                 raise UserError(
-                    f"{where}: label '{label}' (data row {row + 1}) never appears in train; "
-                    f"train labels are: {known}"
+                    f"{where}: label '{label}' (data row {row + 1}) never appears in train; train labels are: {known}"
                 )
         return [lookup[label] for label in labels]
 

@@ -17,7 +17,6 @@ TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jso
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-
 @dataclass
 class RawSplit:
     """Inputs (texts, text pairs or image paths) with their labels as written in the file."""
@@ -38,8 +37,7 @@ def read_table(path: str | Path, where: str) -> pd.DataFrame:
     kind = TABLE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise UserError(
-            f"{where}: unsupported file type '{path.suffix}' ({path}); "
-            f"use one of {', '.join(sorted(TABLE_SUFFIXES))}"
+            f"{where}: unsupported file type '{path.suffix}' ({path}); use one of {', '.join(sorted(TABLE_SUFFIXES))}"
         )
     if path.stat().st_size == 0:
         raise UserError(f"{where}: {path} is empty")
@@ -50,8 +48,12 @@ def read_table(path: str | Path, where: str) -> pd.DataFrame:
             frame = pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
         else:
             frame = pd.read_csv(
-                path, sep="\t" if kind == "tsv" else ",", encoding="utf-8", dtype=str,
-                keep_default_na=False, quoting=3 if kind == "tsv" else 0,
+                path,
+                sep="\t" if kind == "tsv" else ",",
+                encoding="utf-8",
+                dtype=str,
+                keep_default_na=False,
+                quoting=3 if kind == "tsv" else 0,
             )
     except UnicodeDecodeError as error:
         raise UserError(f"{where}: {path} is not UTF-8 text (bad byte at offset {error.start})") from None
@@ -64,7 +66,11 @@ def read_table(path: str | Path, where: str) -> pd.DataFrame:
 
 
 def table_split(
-    path: str | Path, role: str, text_column: str, label_column: str, pair_column: str | None = None,
+    path: str | Path,
+    role: str,
+    text_column: str,
+    label_column: str,
+    pair_column: str | None = None,
     where: str | None = None,
 ) -> RawSplit:
     where = where or f"data.{role}"

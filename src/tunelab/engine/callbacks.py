@@ -62,7 +62,9 @@ class BestWeights(Callback):
         from tunelab.engine.checkpoint import save_weights
 
         if self.accelerator.is_main_process:
-            save_weights(self.accelerator.unwrap_model(self.model), self.folder, {"step": state.step, self.metric: value})
+            save_weights(
+                self.accelerator.unwrap_model(self.model), self.folder, {"step": state.step, self.metric: value}
+            )
         self.accelerator.wait_for_everyone()
 
     def on_train_end(self, state, model) -> None:
@@ -105,8 +107,9 @@ class MetricsFile(Callback):
     def on_evaluate(self, state, metrics) -> None:
         if self.enabled:
             scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
-            append_jsonl(self.path, {"type": "eval", "split": "validation", "step": state.step,
-                                     "epoch": state.epoch, **scalars})
+            append_jsonl(
+                self.path, {"type": "eval", "split": "validation", "step": state.step, "epoch": state.epoch, **scalars}
+            )
 
 
 class ProgressBar(Callback):
@@ -123,8 +126,13 @@ class ProgressBar(Callback):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"), console=self.console, transient=True,
+            TextColumn("[bold]training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=True,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.total_steps, info="")

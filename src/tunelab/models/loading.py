@@ -29,8 +29,15 @@ log = logging.getLogger(__name__)
 TUNELAB_META = "tunelab.json"
 BUILTIN_MODULES: dict[str, Callable[..., nn.Module]] = {"cnn": DemoCNN}
 DROPOUT_CONFIG_KEYS = (
-    "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
-    "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "classifier_dropout",
+    "dropout",
+    "attention_dropout",
+    "hidden_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
 )
 
 
@@ -149,19 +156,30 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
     trust = config.model.trust_remote_code
     if trust:
         log.warning("model.trust_remote_code is on: code inside %s will run", folder)
-    auto = AutoModelForImageClassification if config.task == "image-classification" else AutoModelForSequenceClassification
+    auto = (
+        AutoModelForImageClassification if config.task == "image-classification" else AutoModelForSequenceClassification
+    )
     dropout = {}
     if config.model.dropout is not None:
         hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         dropout = {key: config.model.dropout for key in DROPOUT_CONFIG_KEYS if isinstance(hf_config.get(key), float)}
     try:
         model, info = auto.from_pretrained(
-            folder, num_labels=len(labels), id2label=labels.id2label, label2id=labels.label2id,
-            ignore_mismatched_sizes=True, trust_remote_code=trust, output_loading_info=True, **dropout,
+            folder,
+            num_labels=len(labels),
+            id2label=labels.id2label,
+            label2id=labels.label2id,
+            ignore_mismatched_sizes=True,
+            trust_remote_code=trust,
+            output_loading_info=True,
+            **dropout,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise UserError(f"model.source: cannot load a model from {folder}: {_first_line(error)}") from None
-    fresh = sorted(set(info.get("missing_keys", [])) | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])})
+    fresh = sorted(
+        set(info.get("missing_keys", []))
+        | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])}
+    )
     if not fresh and _saved_label_names(folder) != tuple(labels.names):
         fresh = reset_head(model)
     loaded = LoadedModel(model, "hf", str(folder), fresh_head=fresh)
@@ -198,7 +216,9 @@ def reset_head(model: nn.Module) -> list[str]:
         for child_name, child in model.get_submodule(name).named_modules():
             if hasattr(child, "reset_parameters") and any(True for _ in child.parameters(recurse=False)):
                 child.reset_parameters()
-                reset += [f"{name}.{child_name}.{p}".replace("..", ".") for p, _ in child.named_parameters(recurse=False)]
+                reset += [
+                    f"{name}.{child_name}.{p}".replace("..", ".") for p, _ in child.named_parameters(recurse=False)
+                ]
     return sorted(reset)
 
 
@@ -311,5 +331,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
-
-

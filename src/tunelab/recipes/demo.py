@@ -32,8 +32,12 @@ DEMO_CONFIG = {
     "task": "image-classification",
     "seed": 0,
     "model": {"source": "digits-cnn"},
-    "data": {"train": "digits", "digits_classes": [5, 6, 7, 8, 9], "digits_train_per_class": 5,
-             "digits_validation_per_class": 10},
+    "data": {
+        "train": "digits",
+        "digits_classes": [5, 6, 7, 8, 9],
+        "digits_train_per_class": 5,
+        "digits_validation_per_class": 10,
+    },
     "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
     "schedule": {"name": "one-cycle"},
     "train": {"epochs": 40, "batch_size": 5, "log_every": 10},
@@ -88,12 +92,18 @@ def _summary(runs: dict[str, list[dict]]) -> dict:
     def stats(results: list[dict], stage: str) -> dict:
         accuracy = [r[stage]["test"]["accuracy"] for r in results]
         f1 = [r[stage]["test"]["f1"] for r in results]
-        return {"accuracy": statistics.mean(accuracy), "accuracy_std": statistics.pstdev(accuracy),
-                "f1": statistics.mean(f1), "per_draw": accuracy,
-                "train_seconds": statistics.mean(r["train_seconds"] for r in results) if stage == "final" else 0.0}
+        return {
+            "accuracy": statistics.mean(accuracy),
+            "accuracy_std": statistics.pstdev(accuracy),
+            "f1": statistics.mean(f1),
+            "per_draw": accuracy,
+            "train_seconds": statistics.mean(r["train_seconds"] for r in results) if stage == "final" else 0.0,
+        }
 
     tuned, scratch = runs["fine-tuned"], runs["scratch"]
-    wins = sum(t["final"]["test"]["accuracy"] > s["final"]["test"]["accuracy"] for t, s in zip(tuned, scratch, strict=True))
+    wins = sum(
+        t["final"]["test"]["accuracy"] > s["final"]["test"]["accuracy"] for t, s in zip(tuned, scratch, strict=True)
+    )
     return {
         "draws": len(tuned),
         "train_examples": tuned[0]["examples"]["train"],
@@ -114,8 +124,13 @@ def _table(summary: dict) -> Table:
         table.add_column(column, justify="left" if column == "model" else "right")
     for key, label in LABELS.items():
         row = summary[key]
-        table.add_row(label, f"{row['accuracy']:.3f}", f"{row['accuracy_std']:.3f}", f"{row['f1']:.3f}",
-                      f"{row['train_seconds']:.1f}")
+        table.add_row(
+            label,
+            f"{row['accuracy']:.3f}",
+            f"{row['accuracy_std']:.3f}",
+            f"{row['f1']:.3f}",
+            f"{row['train_seconds']:.1f}",
+        )
     return table
 
 
@@ -127,7 +142,8 @@ def _page(summary: dict) -> str:
     )
     links = ", ".join(
         f"<a href='draw-{draw}/{name}/report.html'>draw {draw} {name}</a>"
-        for draw in range(summary["draws"]) for name in MODELS
+        for draw in range(summary["draws"])
+        for name in MODELS
     )
     return (
         "<!doctype html><meta charset='utf-8'><title>tunelab demo</title>"

@@ -82,9 +82,17 @@ def run_training(config: RunConfig, run_dir: Path, console: Console | None = Non
 
     started = time.perf_counter()
     state = fit(
-        model, optimizer, scheduler, train_dl, classification_loss,
+        model,
+        optimizer,
+        scheduler,
+        train_dl,
+        classification_loss,
         lambda: evaluate_split(model, eval_dls["validation"], accelerator, num_labels),
-        accelerator, config.train, callbacks, strategy.train_mode, sampler,
+        accelerator,
+        config.train,
+        callbacks,
+        strategy.train_mode,
+        sampler,
     )
     train_seconds = time.perf_counter() - started
     final = evaluate_all()

@@ -43,7 +43,9 @@ def write_report(run_dir: Path, path: Path) -> Path:
             png = plots.confusion_matrix(matrix, results["labels"], split)
             sections.append(_image(png, f"confusion matrix ({split})"))
     sections.append("</div>")
-    page = f"<!doctype html><meta charset='utf-8'><title>tunelab report</title><style>{STYLE}</style>" + "\n".join(sections)
+    page = f"<!doctype html><meta charset='utf-8'><title>tunelab report</title><style>{STYLE}</style>" + "\n".join(
+        sections
+    )
     write_atomic(path, page)
     return path
 
@@ -66,7 +68,7 @@ def metrics_table(base: dict, final: dict) -> str:
 
 
 def _summary(results: dict) -> str:
-    params = results["parameters"]
+    params, best = results["parameters"], results["best"]
     items = {
         "model": results["model_source"],
         "strategy": results["strategy"],
@@ -74,7 +76,7 @@ def _summary(results: dict) -> str:
         "examples": ", ".join(f"{k} {v}" for k, v in results["examples"].items()),
         "training time": f"{results['train_seconds']:.1f} s, {results['steps']} steps",
         "peak memory": f"{results['peak_memory_mb']:.0f} MB",
-        "best": f"validation {results['best']['metric']} {_fmt(results['best']['value'])} at step {results['best']['step']}",
+        "best": f"validation {best['metric']} {_fmt(best['value'])} at step {best['step']}",
     }
     if results.get("stop_reason"):
         items["stopped"] = results["stop_reason"]

@@ -40,7 +40,8 @@ def run_summary_lines(results: dict) -> list[str]:
     params = results["parameters"]
     lines = [
         f"trainable parameters: {params['trainable']:,} of {params['total']:,} ({params['trainable_percent']:.2f}%)",
-        f"trained {results['steps']} steps in {results['train_seconds']:.1f} s; peak memory {results['peak_memory_mb']:.0f} MB",
+        f"trained {results['steps']} steps in {results['train_seconds']:.1f} s; "
+        f"peak memory {results['peak_memory_mb']:.0f} MB",
     ]
     gap = results.get("gap", {})
     if "accuracy" in gap:
@@ -60,7 +61,9 @@ def warnings_for(results: dict) -> list[str]:
 
 
 def predictions_table(rows: list[dict], limit: int = 20) -> Table:
-    table = Table(title=f"predictions ({min(limit, len(rows))} of {len(rows)} shown)" if len(rows) > limit else "predictions")
+    table = Table(
+        title=f"predictions ({min(limit, len(rows))} of {len(rows)} shown)" if len(rows) > limit else "predictions"
+    )
     table.add_column("input")
     table.add_column("label")
     table.add_column("probability", justify="right")

@@ -37,7 +37,9 @@ class PartialStrategy(Strategy):
             hits = {name for name in names if fnmatchcase(name, pattern) or fnmatchcase(name, pattern + ".*")}
             if not hits:
                 examples = ", ".join(sorted({n.rsplit(".", 2)[0] for n in names})[:6])
-                raise UserError(f"strategy.freeze: pattern '{pattern}' matches no parameter; names look like: {examples}")
+                raise UserError(
+                    f"strategy.freeze: pattern '{pattern}' matches no parameter; names look like: {examples}"
+                )
             matched |= hits
         return matched
 
@@ -50,10 +52,7 @@ class PartialStrategy(Strategy):
                 f"strategy.train_last_n_blocks: {count} is more than the model's {len(parts.blocks)} blocks"
             )
         boundary = _first_trained_position(names, parts.blocks, len(parts.blocks) - count)
-        return {
-            name for position, name in enumerate(names)
-            if position < boundary and not parts.in_head(name)
-        }
+        return {name for position, name in enumerate(names) if position < boundary and not parts.in_head(name)}
 
 
 def _first_trained_position(names: list[str], blocks: list[str], first_trained: int) -> int:
