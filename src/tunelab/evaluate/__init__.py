@@ -25,7 +25,7 @@ def classification_loss(model, batch: dict) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def collect_logits(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_logits(model, loader, accelerator, advance=None) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     all_logits, all_labels = [], []
     for batch in loader:
@@ -34,12 +34,36 @@ def collect_logits(model, loader, accelerator) -> tuple[torch.Tensor, torch.Tens
         logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
         all_logits.append(logits.cpu())
         all_labels.append(labels.cpu())
+        if advance:
+            advance()
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def evaluate_split(model, loader, accelerator, num_labels: int) -> dict:
-    logits, labels = collect_logits(model, loader, accelerator)
+def evaluate_split(model, loader, accelerator, num_labels: int, advance=None) -> dict:
+    logits, labels = collect_logits(model, loader, accelerator, advance)
     return classification_metrics(logits, labels, num_labels)
 
 
-__all__ = ["classification_loss", "classification_metrics", "collect_logits", "evaluate_split", "output_logits"]
+def evaluate_splits(model, loaders: dict, accelerator, num_labels: int, console=None, title: str = "") -> dict:
+    """Metrics for every split, with a transient progress bar over batches when a console is given."""
+    if console is None or not accelerator.is_main_process:
+        return {name: evaluate_split(model, loader, accelerator, num_labels) for name, loader in loaders.items()}
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn(f"[bold]{title or 'evaluating'}[/] {{task.description}}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        results = {}
+        for name, loader in loaders.items():
+            task = progress.add_task(name, total=len(loader))
+            results[name] = evaluate_split(model, loader, accelerator, num_labels, lambda t=task: progress.advance(t))
+        return results
+
+
+__all__ = [
+    "classification_loss",
+    "classification_metrics",
+    "collect_logits",
+    "evaluate_split",
+    "evaluate_splits",
+    "output_logits",
+]

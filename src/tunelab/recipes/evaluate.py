@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Console
+
 from tunelab.config import RunConfig, load_config
 from tunelab.data import RawData, prepare_data, read_data
 from tunelab.data.collate import make_collate
 from tunelab.data.readers import image_folder_split, table_split
 from tunelab.engine.data_loading import eval_loader
 from tunelab.errors import UserError
-from tunelab.evaluate import evaluate_split
+from tunelab.evaluate import evaluate_splits
 from tunelab.models import load_saved_model
 from tunelab.recipes.runtime import make_accelerator, quiet_libraries
 from tunelab.rundir import CONFIG, MODEL, existing_run
@@ -45,8 +47,9 @@ def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool =
     accelerator = make_accelerator(config.train)
     model = accelerator.prepare(loaded.model)
     collate = make_collate(loaded, config.task)
-    results = {}
-    for name, dataset in prepared.datasets.items():
-        loader = accelerator.prepare(eval_loader(dataset, config.train.eval_batch_size, collate))
-        results[name] = evaluate_split(model, loader, accelerator, len(labels))
-    return results
+    loaders = {
+        name: accelerator.prepare(eval_loader(dataset, config.train.eval_batch_size, collate))
+        for name, dataset in prepared.datasets.items()
+    }
+    console = Console(stderr=True) if progress else None
+    return evaluate_splits(model, loaders, accelerator, len(labels), console, "evaluating")

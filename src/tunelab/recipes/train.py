@@ -18,7 +18,7 @@ from tunelab.engine.data_loading import eval_loader, train_loader
 from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
-from tunelab.evaluate import classification_loss, evaluate_split
+from tunelab.evaluate import classification_loss, evaluate_split, evaluate_splits
 from tunelab.io import write_atomic, write_json
 from tunelab.models import load_model, save_model
 from tunelab.models.builtin import build_cached
@@ -62,10 +62,8 @@ def run_training(config: RunConfig, run_dir: Path, console: Console | None = Non
     eval_dls = dict(zip(eval_dls, prepared, strict=True))
     num_labels = len(data.labels)
 
-    def evaluate_all() -> dict:
-        return {name: evaluate_split(model, loader, accelerator, num_labels) for name, loader in eval_dls.items()}
-
-    base = evaluate_all() if config.evaluate.base else {}
+    bars = console if progress else None
+    base = evaluate_splits(model, eval_dls, accelerator, num_labels, bars, "base model") if config.evaluate.base else {}
     steps_per_epoch = -(-len(train_dl) // config.train.grad_accum_steps)
     total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
     scheduler = build_scheduler(optimizer, config.schedule, total_steps)
@@ -95,7 +93,7 @@ def run_training(config: RunConfig, run_dir: Path, console: Console | None = Non
         sampler,
     )
     train_seconds = time.perf_counter() - started
-    final = evaluate_all()
+    final = evaluate_splits(model, eval_dls, accelerator, num_labels, bars, "fine-tuned model")
 
     results = {
         "task": config.task,
