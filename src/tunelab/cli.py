@@ -24,6 +24,9 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tunelab", description="Fine-tune pretrained PyTorch models and measure the result.")
+    from tunelab import __version__
+
+    parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = commands.add_parser("train", help="fine-tune from a YAML config")
