@@ -61,6 +61,7 @@ def read_data(config: RunConfig) -> RawData:
         for role in ("validation", "test"):
             if role in splits and len(splits[role].labels) > data.max_eval_examples:
                 splits[role] = _subsample(splits[role], data.max_eval_examples, config.seed)
+    splits = {name: splits[name] for name in ("train", "validation", "test") if name in splits}
     labels = LabelMap.from_labels(splits["train"].labels)
     for name, split in splits.items():
         labels.encode(split.labels, f"data.{name}")  # fail early on a class train never saw

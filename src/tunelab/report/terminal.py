@@ -11,24 +11,29 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
-def results_table(results: dict, title: str = "base → fine-tuned") -> Table:
+def results_table(results: dict, title: str = "base model → fine-tuned") -> Table:
+    """One row per split and stage, so it stays readable in an 80-column terminal."""
     table = Table(title=title)
-    table.add_column("split")
+    table.add_column("split", no_wrap=True, min_width=10)
+    table.add_column("model")
     for metric in SHOWN_METRICS:
         table.add_column(metric, justify="right")
     base = results.get("base", {})
     for split, metrics in results["final"].items():
-        cells = []
-        for metric in SHOWN_METRICS:
-            before, after = base.get(split, {}).get(metric), metrics.get(metric)
-            cells.append(_fmt(after) if before is None else f"{_fmt(before)} → {_fmt(after)}")
-        table.add_row(split, *cells)
+        if split in base:
+            table.add_row(split, "[dim]base[/]", *(f"[dim]{_fmt(base[split].get(m))}[/]" for m in SHOWN_METRICS))
+        table.add_row(
+            "" if split in base else split,
+            "[bold]tuned[/]",
+            *(_fmt(metrics.get(m)) for m in SHOWN_METRICS),
+            end_section=True,
+        )
     return table
 
 
 def metrics_only_table(metrics_by_split: dict, title: str) -> Table:
     table = Table(title=title)
-    table.add_column("split")
+    table.add_column("split", no_wrap=True, min_width=10)
     for metric in SHOWN_METRICS:
         table.add_column(metric, justify="right")
     for split, metrics in metrics_by_split.items():
