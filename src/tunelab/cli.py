@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = commands.add_parser("train", help="fine-tune from a YAML config")
-    train.add_argument("config", help="YAML run config")
+    train.add_argument("config", nargs="?", help="YAML run config")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest checkpoint")
     train.add_argument(
         "--set",
         dest="overrides",
@@ -77,9 +78,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args) -> dict:
     from tunelab.config import load_config
     from tunelab.recipes.train import run_training
-    from tunelab.report import terminal
-    from tunelab.rundir import REPORT, finish_run_dir, prepare_run_dir
+    from tunelab.rundir import finish_run_dir, prepare_run_dir
 
+    if args.resume:
+        return _resume(args)
+    if not args.config:
+        raise UserError("train: give a config file (CONFIG) or --resume RUN_DIR")
     config = load_config(args.config, args.overrides)
     output = args.output or config.output_dir or f"runs/{Path(args.config).stem}"
     # Under torchrun every process runs this; only one may check, set aside (--overwrite) and
@@ -93,6 +97,32 @@ def cmd_train(args) -> dict:
     finally:
         if main_process:  # a failed run never costs the user the run it was replacing
             finish_run_dir(run_dir, succeeded)
+    return _report_training(args, run_dir, results)
+
+
+def _resume(args) -> dict:
+    from tunelab.config import load_config
+    from tunelab.recipes.train import run_training
+    from tunelab.rundir import CONFIG, RESULTS
+
+    if args.config or args.overrides or args.output or args.overwrite:
+        raise UserError(
+            "train --resume: the run's own config.yaml is used; drop CONFIG, --set, --output and --overwrite"
+        )
+    run_dir = Path(args.resume)
+    if not (run_dir / CONFIG).is_file():
+        raise UserError(f"--resume: {run_dir} is not a tunelab run directory (no {CONFIG})")
+    if (run_dir / RESULTS).exists():
+        raise UserError(f"--resume: {run_dir} already finished (it has {RESULTS}); nothing to resume")
+    config = load_config(run_dir / CONFIG)
+    results = run_training(config, run_dir, stderr, progress=not (args.quiet or args.json), resume=True)
+    return _report_training(args, run_dir, results)
+
+
+def _report_training(args, run_dir: Path, results: dict) -> dict:
+    from tunelab.report import terminal
+    from tunelab.rundir import REPORT
+
     if not args.json and _is_main_process():
         for warning in terminal.warnings_for(results):
             stderr.print(f"[yellow]warning:[/] {warning}")
@@ -100,6 +130,8 @@ def cmd_train(args) -> dict:
         for line in terminal.run_summary_lines(results):
             stdout.print(line)
         stdout.print(f"run directory: {run_dir}   report: {run_dir / REPORT}")
+    if results.get("diverged") and _is_main_process():
+        print(f"error: {results['stop_reason']}", file=sys.stderr)
     return {"run_dir": str(run_dir), **results}
 
 
@@ -144,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         output = COMMANDS[args.command](args)
         if args.json and _is_main_process():
             print(json.dumps(output, indent=2, default=str))
-        return 0
+        return 1 if isinstance(output, dict) and output.get("diverged") else 0
     except UserError as error:
         print(f"error: {str(error).translate(LINE_BREAKS)}", file=sys.stderr)
         return error.exit_code

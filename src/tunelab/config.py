@@ -109,10 +109,15 @@ class TrainConfig(Section):
     metric: Literal["accuracy", "f1", "precision", "recall", "auc", "loss"] = "accuracy"
     early_stopping: EarlyStoppingConfig | None = None
     load_best_at_end: bool = True
+    checkpoint_every: Literal["epoch"] | int | None = Field(
+        "epoch", description="save a resumable checkpoint each epoch, every N steps, or never (null)"
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (the best one is kept as well)")
+    max_bad_steps: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
 
-    @field_validator("eval_every")
+    @field_validator("eval_every", "checkpoint_every")
     @classmethod
-    def _eval_every_positive(cls, value: str | int) -> str | int:
+    def _every_positive(cls, value: str | int | None) -> str | int | None:
         if isinstance(value, int) and value < 1:
             raise ValueError("must be 'epoch' or a positive number of steps")
         return value

@@ -14,6 +14,7 @@ RESULTS = "results.json"
 MODEL = "model"
 REPORT = "report.html"
 BEST = "checkpoints/best"
+CHECKPOINTS = "checkpoints"
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:

@@ -8,7 +8,7 @@ here, outside the loop. A callback reads the :class:`TrainState` and may set
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.io import append_jsonl
@@ -16,15 +16,46 @@ from tunelab.io import append_jsonl
 
 @dataclass
 class TrainState:
+    """Where the loop is; everything here goes into a checkpoint so a resumed run continues exactly."""
+
     total_steps: int
     steps_per_epoch: int
     step: int = 0
     epoch: int = 0
+    batches_into_epoch: int = 0  # micro-batches of the current epoch already trained on
     should_stop: bool = False
     stop_reason: str = ""
+    diverged: bool = False
     best_value: float | None = None
     best_step: int | None = None
-    history: list[dict] = field(default_factory=list)
+    skipped_steps: int = 0  # optimizer steps dropped for non-finite gradients
+    consecutive_skips: int = 0
+    running_loss: object = 0.0  # loss sum and count since the last log line (tensors while training)
+    running_count: object = 0
+
+    CHECKPOINTED = (
+        "step",
+        "epoch",
+        "batches_into_epoch",
+        "should_stop",
+        "stop_reason",
+        "diverged",
+        "best_value",
+        "best_step",
+        "skipped_steps",
+        "consecutive_skips",
+        "running_loss",
+        "running_count",
+    )
+
+    def state_dict(self) -> dict:
+        saved = {name: getattr(self, name) for name in self.CHECKPOINTED}
+        saved["running_loss"], saved["running_count"] = float(self.running_loss), int(self.running_count)
+        return saved
+
+    def load_state_dict(self, saved: dict) -> None:
+        for name in self.CHECKPOINTED:
+            setattr(self, name, saved[name])
 
 
 class Callback:
@@ -32,6 +63,7 @@ class Callback:
     def on_epoch_start(self, state: TrainState, model, optimizer) -> None: ...
     def on_log(self, state: TrainState, record: dict) -> None: ...
     def on_evaluate(self, state: TrainState, metrics: dict) -> None: ...
+    def on_step_end(self, state: TrainState) -> None: ...
     def on_epoch_end(self, state: TrainState) -> None: ...
     def on_train_end(self, state: TrainState, model) -> None: ...
 
@@ -80,6 +112,12 @@ class EarlyStopping(Callback):
         self.lower_is_better = metric == "loss"
         self.best: float | None = None
         self.bad_evaluations = 0
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_evaluations": self.bad_evaluations}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.best, self.bad_evaluations = saved["best"], saved["bad_evaluations"]
 
     def on_evaluate(self, state, metrics) -> None:
         value = metrics.get(self.metric)

@@ -1,31 +1,302 @@
-"""Weights on disk as safetensors, written atomically with a small JSON of what they are."""
+"""Checkpoints that a kill -9 cannot corrupt and a planted file cannot turn into code.
+
+A checkpoint is a folder ``checkpoints/step-000120/`` holding
+
+- ``model.safetensors``: every weight (safetensors runs no code when read);
+- ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng-rank{N}.pt``: torch files, read back only
+  with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain values;
+- ``state.json``: the loop's position (epoch, batches into it), best-metric and early-stopping
+  state, the strategy's state, and what the run needs to finish its report;
+- ``manifest.json``: size and sha256 of every other file, written last.
+
+It is written as ``.step-000120.partial`` with every file fsynced, then renamed, so a folder
+with the final name is complete. Loading checks every hash and weight shape and falls back to
+the previous checkpoint when anything is off.
+
+Written here rather than with Accelerate's ``save_state``/``load_state``: those write in place
+(a kill mid-save leaves a half checkpoint under the final name) and read custom objects and
+samplers with ``weights_only=False``, so a planted pickle would run.
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import random
+import re
+import shutil
 from pathlib import Path
 
+import numpy as np
+import torch
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
-from torch import nn
 
+from tunelab.engine.callbacks import Callback, TrainState
+from tunelab.errors import UserError
 from tunelab.io import write_json
 
 WEIGHTS = "model.safetensors"
 INFO = "info.json"
+MANIFEST = "manifest.json"
+STATE = "state.json"
+CHECKPOINT_NAME = re.compile(r"^step-(\d{6,})$")
 
 
-def save_weights(model: nn.Module, folder: Path, info: dict) -> None:
+# -- best weights (weights only, for load_best_at_end) ------------------------------------------
+
+
+def save_weights(model: torch.nn.Module, folder: Path, info: dict) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{WEIGHTS}.tmp"
     save_model(model, str(temporary))
-    with open(temporary, "rb") as file:
-        os.fsync(file.fileno())
+    _fsync(temporary)
     os.replace(temporary, folder / WEIGHTS)
     write_json(folder / INFO, info)
 
 
-def load_weights(model: nn.Module, folder: Path) -> dict:
+def load_weights(model: torch.nn.Module, folder: Path) -> dict:
     load_model(model, str(Path(folder) / WEIGHTS))
     return json.loads((Path(folder) / INFO).read_text(encoding="utf-8"))
+
+
+# -- full checkpoints ------------------------------------------------------------------------------
+
+
+class Checkpointer(Callback):
+    """Save a resumable checkpoint each epoch or every N steps; keep the newest few and the best."""
+
+    def __init__(
+        self,
+        root: Path,
+        every,
+        keep: int,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        stateful: dict,
+        metrics_file: Path,
+        extra,
+    ):
+        self.root, self.every, self.keep = Path(root), every, keep
+        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+        self.stateful, self.metrics_file, self.extra = stateful, Path(metrics_file), extra
+
+    def on_step_end(self, state: TrainState) -> None:
+        if isinstance(self.every, int) and state.step % self.every == 0:
+            self.save(state, epoch=state.epoch, batches=state.batches_into_epoch)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.every is not None and not state.diverged:
+            self.save(state, epoch=state.epoch + 1, batches=0)
+
+    def save(self, state: TrainState, epoch: int, batches: int) -> None:
+        accelerator = self.accelerator
+        final = self.root / f"step-{state.step:06d}"
+        partial = self.root / f".{final.name}.partial"
+        payload = {
+            "format_version": 1,
+            "train_state": state.state_dict() | {"epoch": epoch, "batches_into_epoch": batches},
+            "callbacks": {name: obj.state_dict() for name, obj in self.stateful.items()},
+            "metrics_lines": _line_count(self.metrics_file),
+            "extra": self.extra(),
+        }
+        try:
+            if accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            _save_torch(_rng_state(), partial / f"rng-rank{accelerator.process_index}.pt")
+            if accelerator.is_main_process:
+                save_model(accelerator.unwrap_model(self.model), str(partial / WEIGHTS))
+                _fsync(partial / WEIGHTS)
+                _save_torch(self.optimizer.state_dict(), partial / "optimizer.pt")
+                _save_torch(self.scheduler.state_dict(), partial / "scheduler.pt")
+                if accelerator.scaler is not None:
+                    _save_torch(accelerator.scaler.state_dict(), partial / "scaler.pt")
+                write_json(partial / STATE, payload)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                write_json(partial / MANIFEST, {"step": state.step, "files": _hashes(partial)})
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(partial, final)
+                _fsync_dir(self.root)
+                self._prune(state)
+        except OSError as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+            raise UserError(
+                f"output: cannot write checkpoint {final}: {reason}; earlier checkpoints are intact"
+            ) from None
+        accelerator.wait_for_everyone()
+
+    def _prune(self, state: TrainState) -> None:
+        complete = complete_checkpoints(self.root)
+        protected = {f"step-{state.best_step:06d}"} if state.best_step is not None else set()
+        for folder in complete[self.keep :]:
+            if folder.name not in protected:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint folders with their final name, newest first."""
+    if not Path(root).is_dir():
+        return []
+    found = [p for p in Path(root).iterdir() if p.is_dir() and CHECKPOINT_NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_NAME.match(p.name).group(1)), reverse=True)
+
+
+def load_latest(root: Path, accelerator, model, optimizer, scheduler, warn) -> dict | None:
+    """Restore the newest checkpoint that verifies (``warn`` hears of each one refused); None if none does."""
+    for folder in complete_checkpoints(root):
+        try:
+            return _load(folder, accelerator, model, optimizer, scheduler)
+        except CorruptCheckpoint as problem:
+            warn(f"checkpoint {folder.name} refused: {problem}")
+    return None
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint that fails its hashes, shapes or safe loading."""
+
+
+def _load(folder: Path, accelerator, model, optimizer, scheduler) -> dict:
+    verify(folder)
+    unwrapped = accelerator.unwrap_model(model)
+    _check_shapes(folder / WEIGHTS, unwrapped)
+    payload = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    optimizer_state = _load_torch(folder / "optimizer.pt")
+    scheduler_state = _load_torch(folder / "scheduler.pt")
+    rng_file = folder / f"rng-rank{accelerator.process_index}.pt"
+    rng = _load_torch(rng_file) if rng_file.exists() else None
+    scaler_file = folder / "scaler.pt"
+    try:
+        load_model(unwrapped, str(folder / WEIGHTS))
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        if accelerator.scaler is not None and scaler_file.exists():
+            accelerator.scaler.load_state_dict(_load_torch(scaler_file))
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CorruptCheckpoint(f"its contents do not fit this run ({_first_line(error)})") from None
+    payload["rng"] = rng
+    payload["folder"] = str(folder)
+    return payload
+
+
+def verify(folder: Path) -> None:
+    """Every file listed in the manifest is there with its size and sha256, and nothing is missing."""
+    manifest_file = folder / MANIFEST
+    try:
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CorruptCheckpoint("its manifest is missing or damaged") from None
+    for required in (WEIGHTS, STATE, "optimizer.pt", "scheduler.pt"):
+        if required not in files:
+            raise CorruptCheckpoint(f"its manifest does not list {required}")
+    actual = _hashes(folder)
+    for name, expected in files.items():
+        if actual.get(name) != expected:
+            raise CorruptCheckpoint(f"{name} does not match its recorded hash (truncated or modified)")
+
+
+def restore_rng(saved: dict | None) -> None:
+    if not saved:
+        return
+    random.setstate(_tuples(saved["python"]))
+    kind, keys, position, has_gauss, cached = saved["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(saved["torch"])
+    if torch.cuda.is_available() and saved.get("cuda"):
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
+def truncate_lines(path: Path, keep: int) -> None:
+    """Drop what a killed run logged after its checkpoint, so the resumed log equals an uninterrupted one."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    from tunelab.io import write_atomic
+
+    write_atomic(path, "".join(lines[:keep]))
+
+
+def _rng_state() -> dict:
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), position, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _save_torch(obj, path: Path) -> None:
+    torch.save(obj, path)
+    _fsync(path)
+
+
+def _load_torch(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # weights_only raises UnpicklingError for anything but plain data
+        raise CorruptCheckpoint(f"{path.name} is not a plain tensor file, refused ({_first_line(error)})") from None
+
+
+def _check_shapes(weights_file: Path, model: torch.nn.Module) -> None:
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    try:
+        with safe_open(str(weights_file), framework="pt") as saved:
+            shapes = {name: tuple(saved.get_slice(name).get_shape()) for name in saved.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises its own error types for damaged headers
+        raise CorruptCheckpoint(f"{weights_file.name} is unreadable ({_first_line(error)})") from None
+    wrong = [n for n, shape in shapes.items() if n in expected and expected[n] != shape]
+    if wrong:
+        raise CorruptCheckpoint(f"{weights_file.name} has wrong shapes, e.g. {wrong[0]}")
+
+
+def _hashes(folder: Path) -> dict:
+    return {
+        path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _line_count(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines()) if path.exists() else 0
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

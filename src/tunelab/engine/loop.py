@@ -13,6 +13,7 @@ import torch
 
 from tunelab.config import TrainConfig
 from tunelab.engine.callbacks import Callback, TrainState
+from tunelab.engine.checkpoint import restore_rng
 
 
 def fit(
@@ -27,53 +28,109 @@ def fit(
     callbacks: list[Callback],
     train_mode: Callable[[torch.nn.Module], None],
     sampler=None,
+    state: TrainState | None = None,
+    resume_rng: dict | None = None,
 ) -> TrainState:
+    """Train until the step budget, an early stop or too many non-finite steps.
+
+    ``state`` from a checkpoint resumes mid-epoch: the same epoch order is drawn again and the
+    batches already trained on are skipped. Starting a batch iterator draws a seed from torch's
+    generator, so ``resume_rng`` is restored where the interrupted run took its checkpoint:
+    before that draw for an epoch-end checkpoint, after it for a mid-epoch one.
+    """
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum_steps)
     total = config.max_steps or steps_per_epoch * config.epochs
-    state = TrainState(total_steps=total, steps_per_epoch=steps_per_epoch)
+    state = state or TrainState(total_steps=total, steps_per_epoch=steps_per_epoch)
     fire = _dispatcher(callbacks)
     parameters = [p for p in model.parameters() if p.requires_grad]
     fire("on_train_start", state, model, optimizer)
-    running_loss, running_count = torch.zeros((), device=accelerator.device), 0
+    # Kept as tensors in the state so the hot path never waits on the device; read at log time.
+    state.running_loss = running_loss = torch.tensor(float(state.running_loss), device=accelerator.device)
+    state.running_count = running_count = torch.tensor(int(state.running_count), device=accelerator.device)
 
-    for epoch in range(math.ceil(total / steps_per_epoch)):
+    for epoch in range(state.epoch, math.ceil(total / steps_per_epoch)):
+        if state.should_stop or state.step >= total:
+            break
         state.epoch = epoch
-        if sampler is not None:
-            sampler.set_epoch(epoch)
         fire("on_epoch_start", state, model, optimizer)
         train_mode(model)
-        for batch in train_loader:
+        skip = state.batches_into_epoch
+        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        # Accelerate's loaders re-seed their sampler with an iteration count of their own at each
+        # pass; pin it to the epoch so a resumed (or freshly skipped) loader draws the same order.
+        if hasattr(batches, "set_epoch"):
+            batches.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        if resume_rng is not None and not skip:
+            restore_rng(resume_rng)  # an epoch-end checkpoint: its state predates this epoch's iterator
+            resume_rng = None
+        for batch in batches:
+            if resume_rng is not None:
+                restore_rng(resume_rng)  # mid-epoch: the interrupted run had drawn the iterator's seed already
+                resume_rng = None
+            state.batches_into_epoch += 1
             with accelerator.accumulate(model):
                 loss = loss_fn(model, batch)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm:
-                    accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-                optimizer.step()
+                skipped = accelerator.sync_gradients and not _optimizer_step(accelerator, optimizer, parameters, config)
                 optimizer.zero_grad(set_to_none=True)
-            running_loss += loss.detach()
-            running_count += 1
+            finite = torch.isfinite(loss.detach())
+            running_loss += torch.where(finite, loss.detach(), 0.0)
+            running_count += finite.long()
             if not accelerator.sync_gradients:
                 continue
+            if skipped:
+                _count_skip(state, config)
+                if state.should_stop:
+                    break
+                continue
+            state.consecutive_skips = 0
             step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used, before the schedule moves on
             scheduler.step()
             state.step += 1
             if state.step % config.log_every == 0 or state.step == total:
-                mean_loss = accelerator.reduce(running_loss / running_count, reduction="mean").item()
-                record = {"step": state.step, "epoch": epoch, "loss": mean_loss, "lr": step_lr}
-                fire("on_log", state, record)
-                running_loss, running_count = torch.zeros((), device=accelerator.device), 0
+                mean_loss = accelerator.reduce(running_loss / running_count.clamp(min=1), reduction="mean").item()
+                fire("on_log", state, {"step": state.step, "epoch": epoch, "loss": mean_loss, "lr": step_lr})
+                running_loss.zero_()
+                running_count.zero_()
             if isinstance(config.eval_every, int) and state.step % config.eval_every == 0:
                 fire("on_evaluate", state, evaluate())
                 train_mode(model)
+            fire("on_step_end", state)
             if state.should_stop or state.step >= total:
                 break
-        if config.eval_every == "epoch":
+        if config.eval_every == "epoch" and not state.diverged:
             fire("on_evaluate", state, evaluate())
         fire("on_epoch_end", state)
-        if state.should_stop or state.step >= total:
-            break
+        state.batches_into_epoch = 0
     fire("on_train_end", state, model)
     return state
+
+
+def _optimizer_step(accelerator, optimizer, parameters, config: TrainConfig) -> bool:
+    """Clip, then step unless the gradients are not finite. Returns whether the step was taken.
+
+    The decision rests on the gradient norm, which is the same on every process after the
+    all-reduce, so processes never disagree. Under fp16 the gradient scaler skips and lowers
+    its scale itself, so the step is always handed to it.
+    """
+    norm = accelerator.clip_grad_norm_(parameters, config.max_grad_norm or math.inf)
+    finite = norm is None or bool(torch.isfinite(norm))
+    if finite or accelerator.scaler is not None:
+        optimizer.step()
+    return finite and not optimizer.step_was_skipped
+
+
+def _count_skip(state: TrainState, config: TrainConfig) -> None:
+    state.skipped_steps += 1
+    state.consecutive_skips += 1
+    if state.consecutive_skips >= config.max_bad_steps:
+        state.should_stop = state.diverged = True
+        state.stop_reason = (
+            f"stopped: {state.consecutive_skips} optimizer steps in a row had non-finite gradients "
+            f"(loss or gradients became inf/NaN); the last good checkpoint is kept"
+        )
 
 
 def _dispatcher(callbacks: list[Callback]):

@@ -26,7 +26,7 @@ PRETRAIN_CONFIG = {
     },
     "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
     "schedule": {"name": "cosine", "warmup_ratio": 0.05},
-    "train": {"epochs": 15, "batch_size": 32, "log_every": 20},
+    "train": {"epochs": 15, "batch_size": 32, "log_every": 20, "checkpoint_every": None},
     "evaluate": {"base": False},
 }
 

@@ -40,7 +40,7 @@ DEMO_CONFIG = {
     },
     "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
     "schedule": {"name": "one-cycle"},
-    "train": {"epochs": 40, "batch_size": 5, "log_every": 10},
+    "train": {"epochs": 40, "batch_size": 5, "log_every": 10, "checkpoint_every": None},
 }
 DRAWS = 5
 MODELS = {"fine-tuned": "digits-cnn", "scratch": "cnn"}

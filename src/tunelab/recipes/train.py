@@ -13,7 +13,8 @@ from torch.utils.data import Subset
 from tunelab.config import RunConfig, dump_config
 from tunelab.data import prepare_data, read_data
 from tunelab.data.collate import make_collate
-from tunelab.engine.callbacks import BestWeights, EarlyStopping, MetricsFile, ProgressBar
+from tunelab.engine.callbacks import BestWeights, EarlyStopping, MetricsFile, ProgressBar, TrainState
+from tunelab.engine.checkpoint import Checkpointer, load_latest, truncate_lines
 from tunelab.engine.data_loading import eval_loader, train_loader
 from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
@@ -24,12 +25,19 @@ from tunelab.models import load_model, save_model
 from tunelab.models.builtin import build_cached
 from tunelab.models.loading import count_parameters
 from tunelab.recipes.runtime import make_accelerator, peak_memory_mb, quiet_libraries
-from tunelab.rundir import BEST, CONFIG, METRICS, MODEL, REPORT, RESULTS
+from tunelab.rundir import BEST, CHECKPOINTS, CONFIG, METRICS, MODEL, REPORT, RESULTS
 from tunelab.strategies import build_strategy
 
 
-def run_training(config: RunConfig, run_dir: Path, console: Console | None = None, progress: bool = True) -> dict:
-    """Train, evaluate before and after, save the model, results and report. Returns results."""
+def run_training(
+    config: RunConfig, run_dir: Path, console: Console | None = None, progress: bool = True, resume: bool = False
+) -> dict:
+    """Train, evaluate before and after, save the model, results and report. Returns results.
+
+    With ``resume`` the newest verified checkpoint in ``run_dir`` is restored (weights,
+    optimizer, schedule, every RNG, the position in the epoch, callback state) and the run
+    continues as if it had never stopped.
+    """
     quiet_libraries()
     console = console or Console(stderr=True)
     # Built before this run makes its Accelerator and seeds: building is a nested run that would
@@ -37,7 +45,7 @@ def run_training(config: RunConfig, run_dir: Path, console: Console | None = Non
     build_cached(config.model.source)
     accelerator = make_accelerator(config.train)
     main = accelerator.is_main_process
-    if main:
+    if main and not resume:
         write_atomic(run_dir / CONFIG, dump_config(config))
     set_seed(config.seed)
 
@@ -63,22 +71,59 @@ def run_training(config: RunConfig, run_dir: Path, console: Console | None = Non
     num_labels = len(data.labels)
 
     bars = console if progress else None
-    base = evaluate_splits(model, eval_dls, accelerator, num_labels, bars, "base model") if config.evaluate.base else {}
     steps_per_epoch = -(-len(train_dl) // config.train.grad_accum_steps)
     total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
     scheduler = build_scheduler(optimizer, config.schedule, total_steps)
-
-    callbacks = [
-        strategy,
-        MetricsFile(run_dir / METRICS, main),
-        BestWeights(config.train.metric, run_dir / BEST, accelerator, config.train.load_best_at_end),
-        ProgressBar(console, progress and main, config.train.metric),
-    ]
+    state = TrainState(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    early_stopping = None
     if config.train.early_stopping:
         stopping = config.train.early_stopping
-        callbacks.insert(1, EarlyStopping(config.train.metric, stopping.patience, stopping.min_delta))
+        early_stopping = EarlyStopping(config.train.metric, stopping.patience, stopping.min_delta)
+    stateful = {"strategy": strategy} | ({"early_stopping": early_stopping} if early_stopping else {})
+
+    warn = _warner(console, main)
+    restored = load_latest(run_dir / CHECKPOINTS, accelerator, model, optimizer, scheduler, warn) if resume else None
+    if resume and restored is None:
+        warn("no usable checkpoint to resume from; starting the run from the beginning")
+        if main:
+            truncate_lines(run_dir / METRICS, 0)
+    if restored:
+        state.load_state_dict(restored["train_state"])
+        for name, obj in stateful.items():
+            obj.load_state_dict(restored["callbacks"][name])
+        if main:
+            truncate_lines(run_dir / METRICS, restored["metrics_lines"])
+        base, earlier_seconds = restored["extra"]["base"], restored["extra"]["train_seconds"]
+        if main:
+            console.print(f"resuming from {Path(restored['folder']).name} (step {state.step})")
+    else:
+        base = (
+            evaluate_splits(model, eval_dls, accelerator, num_labels, bars, "base model")
+            if config.evaluate.base
+            else {}
+        )
+        earlier_seconds = 0.0
 
     started = time.perf_counter()
+    callbacks = [
+        strategy,
+        *([early_stopping] if early_stopping else []),
+        MetricsFile(run_dir / METRICS, main),
+        BestWeights(config.train.metric, run_dir / BEST, accelerator, config.train.load_best_at_end),
+        Checkpointer(
+            run_dir / CHECKPOINTS,
+            config.train.checkpoint_every,
+            config.train.keep_checkpoints,
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+            stateful,
+            run_dir / METRICS,
+            lambda: {"base": base, "train_seconds": earlier_seconds + time.perf_counter() - started},
+        ),
+        ProgressBar(console, progress and main, config.train.metric),
+    ]
     state = fit(
         model,
         optimizer,
@@ -91,8 +136,10 @@ def run_training(config: RunConfig, run_dir: Path, console: Console | None = Non
         callbacks,
         strategy.train_mode,
         sampler,
+        state,
+        resume_rng=restored["rng"] if restored else None,
     )
-    train_seconds = time.perf_counter() - started
+    train_seconds = earlier_seconds + time.perf_counter() - started
     final = evaluate_splits(model, eval_dls, accelerator, num_labels, bars, "fine-tuned model")
 
     results = {
@@ -114,6 +161,8 @@ def run_training(config: RunConfig, run_dir: Path, console: Console | None = Non
         "epochs_completed": state.epoch + 1,
         "stopped_early": bool(state.should_stop),
         "stop_reason": state.stop_reason,
+        "diverged": state.diverged,
+        "skipped_steps": state.skipped_steps,
         "best": {"metric": config.train.metric, "value": state.best_value, "step": state.best_step},
         "processes": accelerator.num_processes,
         "mixed_precision": config.train.mixed_precision,
@@ -126,6 +175,14 @@ def run_training(config: RunConfig, run_dir: Path, console: Console | None = Non
         write_report(run_dir, run_dir / REPORT)
     accelerator.wait_for_everyone()
     return results
+
+
+def _warner(console: Console, main: bool):
+    def warn(message: str) -> None:
+        if main:
+            console.print(f"[yellow]warning:[/] {message}")
+
+    return warn
 
 
 def _trains_batch_norm(model: torch.nn.Module, config: RunConfig) -> bool:
