@@ -507,3 +507,41 @@ def test_unknown_key(capsys, garbage_config, section, name):
 @given(override=st.text(max_size=30))
 def test_garbage_override(capsys, garbage_config, override):
     _garbage_run(capsys, garbage_config, (override,))
+
+
+# --- train --resume ------------------------------------------------------------------------
+
+RESUME_CASES = {
+    # what RUN_DIR holds, the other arguments, what the error names
+    "folder-not-a-run": ("notes", [], ["not a tunelab run directory", "config.yaml"]),
+    "missing-folder": (None, [], ["nowhere", "not a tunelab run directory"]),
+    "finished-run": ("finished", [], ["already finished", "results.json"]),
+    "with-config": ("stopped", ["CONFIG"], ["--resume", "drop CONFIG"]),
+    "with-set": ("stopped", ["--set", "optim.lr=0.1"], ["--resume", "--set"]),
+    "with-output": ("stopped", ["--output", "elsewhere"], ["--resume", "--output"]),
+    "with-overwrite": ("stopped", ["--overwrite"], ["--resume", "--overwrite"]),
+    "damaged-config": ("bad-config", [], ["config.yaml", "train.epochs"]),
+    "data-gone": ("data-gone", [], ["data.train", "file not found", "gone.csv"]),
+}
+
+
+@pytest.mark.parametrize(("holds", "extra", "names"), RESUME_CASES.values(), ids=RESUME_CASES.keys())
+def test_bad_resume(capsys, text_config, tmp_path, holds, extra, names):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(text_config), encoding="utf-8")
+    run_dir = tmp_path / ("nowhere" if holds is None else "run")
+    if holds is not None:
+        run_dir.mkdir()
+    if holds == "notes":
+        (run_dir / "notes.txt").write_text("hello", encoding="utf-8")
+    if holds in ("stopped", "finished", "bad-config", "data-gone"):
+        config = text_config
+        if holds == "bad-config":
+            config = set_key(config, "train.epochs", 0)
+        if holds == "data-gone":
+            config = set_key(config, "data.train", str(tmp_path / "gone.csv"))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    if holds == "finished":
+        (run_dir / "results.json").write_text("{}", encoding="utf-8")
+    argv = ["train", "--resume", run_dir, *(config_file if arg == "CONFIG" else arg for arg in extra), "--quiet"]
+    assert_user_error(capsys, argv, *names, untouched=(tmp_path,))

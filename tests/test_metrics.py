@@ -99,3 +99,10 @@ def test_predicting_a_class_absent_from_the_split_still_costs_precision():
     assert metrics["precision"] == pytest.approx(2 / 3)
     assert metrics["recall"] == pytest.approx(1.5 / 3)
     assert metrics["f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+
+
+def test_non_finite_logits_give_no_auc_instead_of_an_error():
+    logits = torch.tensor([[float("nan"), 0.0], [1.0, 0.0], [0.0, float("inf")]])
+    metrics = classification_metrics(logits, torch.tensor([0, 0, 1]), num_labels=2)
+    assert metrics["auc"] is None
+    assert metrics["examples"] == 3

@@ -27,6 +27,7 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +51,16 @@ CHECKPOINT_NAME = re.compile(r"^step-(\d{6,})$")
 
 def save_weights(model: torch.nn.Module, folder: Path, info: dict) -> None:
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{WEIGHTS}.tmp"
-    save_model(model, str(temporary))
-    _fsync(temporary)
-    os.replace(temporary, folder / WEIGHTS)
-    write_json(folder / INFO, info)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(temporary))
+        _fsync(temporary)
+        os.replace(temporary, folder / WEIGHTS)
+        write_json(folder / INFO, info)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise _cannot_write(folder, error, "the best weights saved before are intact") from None
 
 
 def load_weights(model: torch.nn.Module, folder: Path) -> dict:
@@ -112,26 +117,29 @@ class Checkpointer(Callback):
             accelerator.wait_for_everyone()
             _save_torch(_rng_state(), partial / f"rng-rank{accelerator.process_index}.pt")
             if accelerator.is_main_process:
+                _test_pause()
                 save_model(accelerator.unwrap_model(self.model), str(partial / WEIGHTS))
                 _fsync(partial / WEIGHTS)
+                _test_pause()
                 _save_torch(self.optimizer.state_dict(), partial / "optimizer.pt")
+                _test_pause()
                 _save_torch(self.scheduler.state_dict(), partial / "scheduler.pt")
                 if accelerator.scaler is not None:
                     _save_torch(accelerator.scaler.state_dict(), partial / "scaler.pt")
+                _test_pause()
                 write_json(partial / STATE, payload)
+                _test_pause()
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 write_json(partial / MANIFEST, {"step": state.step, "files": _hashes(partial)})
+                _test_pause()
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(partial, final)
                 _fsync_dir(self.root)
                 self._prune(state)
         except OSError as error:
             shutil.rmtree(partial, ignore_errors=True)
-            reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-            raise UserError(
-                f"output: cannot write checkpoint {final}: {reason}; earlier checkpoints are intact"
-            ) from None
+            raise _cannot_write(final, error, "earlier checkpoints are intact") from None
         accelerator.wait_for_everyone()
 
     def _prune(self, state: TrainState) -> None:
@@ -140,6 +148,20 @@ class Checkpointer(Callback):
         for folder in complete[self.keep :]:
             if folder.name not in protected:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cannot_write(target: Path, error: OSError, intact: str) -> UserError:
+    reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+    return UserError(f"output: cannot write checkpoint {target}: {reason}; {intact}")
+
+
+def _test_pause() -> None:
+    """Test seam: ``TUNELAB_TEST_SLOW_CHECKPOINT=SECONDS`` sleeps between the files of a checkpoint
+    being written, so tests/test_reliability.py can kill -9 a run mid-write on purpose. Unset in
+    real runs."""
+    seconds = os.environ.get("TUNELAB_TEST_SLOW_CHECKPOINT")
+    if seconds:
+        time.sleep(float(seconds))
 
 
 def complete_checkpoints(root: Path) -> list[Path]:

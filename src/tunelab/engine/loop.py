@@ -43,6 +43,11 @@ def fit(
     state = state or TrainState(total_steps=total, steps_per_epoch=steps_per_epoch)
     fire = _dispatcher(callbacks)
     parameters = [p for p in model.parameters() if p.requires_grad]
+    # A skipped step must leave no trace, but its forward passes already moved BatchNorm's running
+    # statistics (to inf/NaN for a batch that overflows): they are put back from this copy.
+    buffers = list(model.buffers())
+    buffers_before_step = [buffer.clone() for buffer in buffers]
+    step_starts = True
     fire("on_train_start", state, model, optimizer)
     # Kept as tensors in the state so the hot path never waits on the device; read at log time.
     state.running_loss = running_loss = torch.tensor(float(state.running_loss), device=accelerator.device)
@@ -70,6 +75,9 @@ def fit(
                 restore_rng(resume_rng)  # mid-epoch: the interrupted run had drawn the iterator's seed already
                 resume_rng = None
             state.batches_into_epoch += 1
+            if step_starts:
+                _copy(buffers, buffers_before_step)
+                step_starts = False
             with accelerator.accumulate(model):
                 loss = loss_fn(model, batch)
                 accelerator.backward(loss)
@@ -80,7 +88,9 @@ def fit(
             running_count += finite.long()
             if not accelerator.sync_gradients:
                 continue
+            step_starts = True
             if skipped:
+                _copy(buffers_before_step, buffers)
                 _count_skip(state, config)
                 if state.should_stop:
                     break
@@ -120,6 +130,12 @@ def _optimizer_step(accelerator, optimizer, parameters, config: TrainConfig) -> 
     if finite or accelerator.scaler is not None:
         optimizer.step()
     return finite and not optimizer.step_was_skipped
+
+
+def _copy(sources: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for source, target in zip(sources, targets, strict=True):
+            target.copy_(source)
 
 
 def _count_skip(state: TrainState, config: TrainConfig) -> None:

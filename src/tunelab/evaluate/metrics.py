@@ -35,7 +35,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_label
 def _auc(truth: np.ndarray, probabilities: np.ndarray, num_labels: int) -> float | None:
     """None when AUC is undefined: a split holding fewer than two classes."""
     present = np.unique(truth)
-    if len(present) < 2:
+    if len(present) < 2 or not np.isfinite(probabilities).all():  # undefined, or the model put out inf/NaN
         return None
     if num_labels == 2:
         return float(roc_auc_score(truth, probabilities[:, 1]))
