@@ -146,3 +146,55 @@ def test_only_the_main_process_prepares_the_run_directory(text_config, write_con
     assert tunelab.cli.main(["train", str(config), "--output", str(run_dir), "--overwrite", "--quiet"]) == 0
     assert seen == [run_dir]
     assert (run_dir / "config.yaml").read_text() == "kept\n"  # not cleared by a non-main process
+
+
+def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, write_config):
+    """kill -9 on both processes mid-run, then ``torchrun ... train --resume``: per-process RNG,
+    the split position inside the epoch and the optimizer come back, so the result is bit-identical."""
+    import signal
+    import time
+
+    import psutil
+
+    config = write_config(
+        {
+            "task": "image-classification",
+            "seed": 3,
+            "model": {"source": "cnn"},
+            "data": {"train": "digits", "digits_classes": [0, 1, 2], "digits_train_per_class": 40},
+            "optim": {"lr": 3e-3},
+            "strategy": {"freeze_norm_stats": True},
+            "train": {"epochs": 4, "batch_size": 8, "checkpoint_every": 3, "log_every": 2, "eval_every": 5},
+        }
+    )
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TUNELAB_CACHE": str(tmp_path / "cache")}
+    train = [*TORCHRUN, "-m", "tunelab", "train", "--quiet"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(
+        [*train, str(config), "-o", str(whole)], env=env, check=True, timeout=LAUNCH_TIMEOUT, capture_output=True
+    )
+
+    run = subprocess.Popen(
+        [*train, str(config), "-o", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while len(list((killed / "checkpoints").glob("step-*"))) < 2 and run.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    launcher = psutil.Process(run.pid)
+    for process in [*launcher.children(recursive=True), launcher]:  # torchrun and both workers, at once
+        process.send_signal(signal.SIGKILL)
+    run.wait()
+    assert not (killed / RESULTS).exists(), "the run finished before it could be killed"
+
+    resumed = subprocess.run(
+        [*train, "--resume", str(killed)], env=env, timeout=LAUNCH_TIMEOUT, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (whole / MODEL / "model.safetensors").read_bytes() == (killed / MODEL / "model.safetensors").read_bytes()
+    assert (whole / METRICS).read_text() == (killed / METRICS).read_text()
+    assert json.loads((whole / RESULTS).read_text())["final"] == json.loads((killed / RESULTS).read_text())["final"]
