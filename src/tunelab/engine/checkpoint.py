@@ -110,37 +110,56 @@ class Checkpointer(Callback):
             "metrics_lines": _line_count(self.metrics_file),
             "extra": self.extra(),
         }
-        try:
-            if accelerator.is_main_process:
-                shutil.rmtree(partial, ignore_errors=True)
-                partial.mkdir(parents=True)
-            accelerator.wait_for_everyone()
-            _save_torch(_rng_state(), partial / f"rng-rank{accelerator.process_index}.pt")
-            if accelerator.is_main_process:
-                _test_pause()
-                save_model(accelerator.unwrap_model(self.model), str(partial / WEIGHTS))
-                _fsync(partial / WEIGHTS)
-                _test_pause()
-                _save_torch(self.optimizer.state_dict(), partial / "optimizer.pt")
-                _test_pause()
-                _save_torch(self.scheduler.state_dict(), partial / "scheduler.pt")
-                if accelerator.scaler is not None:
-                    _save_torch(accelerator.scaler.state_dict(), partial / "scaler.pt")
-                _test_pause()
-                write_json(partial / STATE, payload)
-                _test_pause()
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                write_json(partial / MANIFEST, {"step": state.step, "files": _hashes(partial)})
-                _test_pause()
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(partial, final)
-                _fsync_dir(self.root)
-                self._prune(state)
-        except OSError as error:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise _cannot_write(final, error, "earlier checkpoints are intact") from None
+        # Every process passes every barrier even after a failed write, so none is left waiting;
+        # the failure is then shared and all of them stop with the same message.
+        problems: list[OSError] = []
+
+        def attempt(action) -> None:
+            if not problems:
+                try:
+                    action()
+                except OSError as error:
+                    problems.append(error)
+
+        main = accelerator.is_main_process
+        if main:
+            attempt(lambda: (shutil.rmtree(partial, ignore_errors=True), partial.mkdir(parents=True)))
         accelerator.wait_for_everyone()
+        attempt(lambda: _save_torch(_rng_state(), partial / f"rng-rank{accelerator.process_index}.pt"))
+        if main:
+            attempt(lambda: self._write_main_files(partial, payload))
+        accelerator.wait_for_everyone()
+        if main:
+            attempt(lambda: self._complete(partial, final, state))
+        failure = _shared_failure(problems, accelerator)
+        if failure:
+            if main:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise UserError(f"output: cannot write checkpoint {final}: {failure}; earlier checkpoints are intact")
+        accelerator.wait_for_everyone()
+
+    def _write_main_files(self, partial: Path, payload: dict) -> None:
+        accelerator = self.accelerator
+        _test_pause()
+        save_model(accelerator.unwrap_model(self.model), str(partial / WEIGHTS))
+        _fsync(partial / WEIGHTS)
+        _test_pause()
+        _save_torch(self.optimizer.state_dict(), partial / "optimizer.pt")
+        _test_pause()
+        _save_torch(self.scheduler.state_dict(), partial / "scheduler.pt")
+        if accelerator.scaler is not None:
+            _save_torch(accelerator.scaler.state_dict(), partial / "scaler.pt")
+        _test_pause()
+        write_json(partial / STATE, payload)
+        _test_pause()
+
+    def _complete(self, partial: Path, final: Path, state: TrainState) -> None:
+        write_json(partial / MANIFEST, {"step": state.step, "files": _hashes(partial)})
+        _test_pause()
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        _fsync_dir(self.root)
+        self._prune(state)
 
     def _prune(self, state: TrainState) -> None:
         complete = complete_checkpoints(self.root)
@@ -151,8 +170,21 @@ class Checkpointer(Callback):
 
 
 def _cannot_write(target: Path, error: OSError, intact: str) -> UserError:
-    reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-    return UserError(f"output: cannot write checkpoint {target}: {reason}; {intact}")
+    return UserError(f"output: cannot write checkpoint {target}: {_reason(error)}; {intact}")
+
+
+def _reason(error: OSError) -> str:
+    return "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+
+
+def _shared_failure(problems: list[OSError], accelerator) -> str:
+    """The first write failure of any process ("" if none), known to every process."""
+    local = _reason(problems[0]) if problems else ""
+    if accelerator.num_processes == 1:
+        return local
+    from accelerate.utils import gather_object
+
+    return next((message for message in gather_object([local]) if message), "")
 
 
 def _test_pause() -> None:
