@@ -164,7 +164,7 @@ def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, write
             "data": {"train": "digits", "digits_classes": [0, 1, 2], "digits_train_per_class": 40},
             "optim": {"lr": 3e-3},
             "strategy": {"freeze_norm_stats": True},
-            "train": {"epochs": 4, "batch_size": 8, "checkpoint_every": 3, "log_every": 2, "eval_every": 5},
+            "train": {"epochs": 4, "batch_size": 8, "checkpoint_every": 3, "log_every": 4, "eval_every": 5},
         }
     )
     env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -196,5 +196,6 @@ def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, write
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (whole / MODEL / "model.safetensors").read_bytes() == (killed / MODEL / "model.safetensors").read_bytes()
-    assert (whole / METRICS).read_text() == (killed / METRICS).read_text()
+    # Logged losses too: each process's unlogged loss at the checkpoint (steps 5-6 here, logged at 8) is its own.
+    assert (whole / METRICS).read_text().splitlines() == (killed / METRICS).read_text().splitlines()
     assert json.loads((whole / RESULTS).read_text())["final"] == json.loads((killed / RESULTS).read_text())["final"]

@@ -3,7 +3,8 @@
 A checkpoint is a folder ``checkpoints/step-000120/`` holding
 
 - ``model.safetensors``: every weight (safetensors runs no code when read);
-- ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng-rank{N}.pt``: torch files, read back only
+- ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng-rank{N}.pt`` (each process's random
+  generators and its not-yet-logged loss sum): torch files, read back only
   with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain values;
 - ``state.json``: the loop's position (epoch, batches into it), best-metric and early-stopping
   state, the strategy's state, and what the run needs to finish its report;
@@ -125,7 +126,9 @@ class Checkpointer(Callback):
         if main:
             attempt(lambda: (shutil.rmtree(partial, ignore_errors=True), partial.mkdir(parents=True)))
         accelerator.wait_for_everyone()
-        attempt(lambda: _save_torch(_rng_state(), partial / f"rng-rank{accelerator.process_index}.pt"))
+        # Per process: its generators, and its share of the loss not logged yet (reduced at log time).
+        own = _rng_state() | {"running": (float(state.running_loss), int(state.running_count))}
+        attempt(lambda: _save_torch(own, partial / f"rng-rank{accelerator.process_index}.pt"))
         if main:
             attempt(lambda: self._write_main_files(partial, payload))
         accelerator.wait_for_everyone()

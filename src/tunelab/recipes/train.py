@@ -89,6 +89,8 @@ def run_training(
             truncate_lines(run_dir / METRICS, 0)
     if restored:
         state.load_state_dict(restored["train_state"])
+        if restored["rng"]:  # this process's own unlogged loss, not the main process's
+            state.running_loss, state.running_count = restored["rng"]["running"]
         for name, obj in stateful.items():
             obj.load_state_dict(restored["callbacks"][name])
         if main:
