@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from tunelab.config import TrainConfig
 from tunelab.engine.callbacks import Callback, TrainState
@@ -45,7 +46,9 @@ def fit(
     parameters = [p for p in model.parameters() if p.requires_grad]
     # A skipped step must leave no trace, but its forward passes already moved BatchNorm's running
     # statistics (to inf/NaN for a batch that overflows): they are put back from this copy.
-    buffers = list(model.buffers())
+    # Only batch-norm statistics change in a forward pass, so only they are copied (none for most
+    # transformers, keeping this off their hot path).
+    buffers = [b for m in model.modules() if isinstance(m, _BatchNorm) for b in m.buffers(recurse=False)]
     buffers_before_step = [buffer.clone() for buffer in buffers]
     step_starts = True
     fire("on_train_start", state, model, optimizer)
