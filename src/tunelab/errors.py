@@ -9,3 +9,9 @@ class UserError(Exception):
     """A problem in what the user gave us, explained in one line."""
 
     exit_code = 2
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

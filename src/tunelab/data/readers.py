@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tunelab.errors import UserError
+from tunelab.errors import UserError, first_line
 
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -58,8 +58,7 @@ def read_table(path: str | Path, where: str) -> pd.DataFrame:
     except UnicodeDecodeError as error:
         raise UserError(f"{where}: {path} is not UTF-8 text (bad byte at offset {error.start})") from None
     except (ValueError, pd.errors.ParserError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{where}: cannot parse {path}: {first_line}") from None
+        raise UserError(f"{where}: cannot parse {path}: {first_line(error)}") from None
     if frame.empty:
         raise UserError(f"{where}: {path} has no data rows")
     return frame

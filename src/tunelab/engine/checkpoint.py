@@ -37,8 +37,8 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from tunelab.engine.callbacks import Callback, TrainState
-from tunelab.errors import UserError
-from tunelab.io import write_json
+from tunelab.errors import UserError, first_line
+from tunelab.io import write_atomic, write_json
 
 WEIGHTS = "model.safetensors"
 INFO = "info.json"
@@ -238,7 +238,7 @@ def _load(folder: Path, accelerator, model, optimizer, scheduler) -> dict:
         if accelerator.scaler is not None and scaler_file.exists():
             accelerator.scaler.load_state_dict(_load_torch(scaler_file))
     except (RuntimeError, ValueError, KeyError) as error:
-        raise CorruptCheckpoint(f"its contents do not fit this run ({_first_line(error)})") from None
+        raise CorruptCheckpoint(f"its contents do not fit this run ({first_line(error)})") from None
     payload["rng"] = rng
     payload["folder"] = str(folder)
     return payload
@@ -278,8 +278,6 @@ def truncate_lines(path: Path, keep: int) -> None:
     if not path.exists():
         return
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    from tunelab.io import write_atomic
-
     write_atomic(path, "".join(lines[:keep]))
 
 
@@ -306,7 +304,7 @@ def _load_torch(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # weights_only raises UnpicklingError for anything but plain data
-        raise CorruptCheckpoint(f"{path.name} is not a plain tensor file, refused ({_first_line(error)})") from None
+        raise CorruptCheckpoint(f"{path.name} is not a plain tensor file, refused ({first_line(error)})") from None
 
 
 def _check_shapes(weights_file: Path, model: torch.nn.Module) -> None:
@@ -315,7 +313,7 @@ def _check_shapes(weights_file: Path, model: torch.nn.Module) -> None:
         with safe_open(str(weights_file), framework="pt") as saved:
             shapes = {name: tuple(saved.get_slice(name).get_shape()) for name in saved.keys()}  # noqa: SIM118
     except Exception as error:  # safetensors raises its own error types for damaged headers
-        raise CorruptCheckpoint(f"{weights_file.name} is unreadable ({_first_line(error)})") from None
+        raise CorruptCheckpoint(f"{weights_file.name} is unreadable ({first_line(error)})") from None
     wrong = [n for n, shape in shapes.items() if n in expected and expected[n] != shape]
     if wrong:
         raise CorruptCheckpoint(f"{weights_file.name} has wrong shapes, e.g. {wrong[0]}")
@@ -352,8 +350,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(handle)
     finally:
         os.close(handle)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

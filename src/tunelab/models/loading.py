@@ -21,7 +21,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import nn
 
-from tunelab.errors import UserError
+from tunelab.errors import UserError, first_line
 from tunelab.models.cnn import DemoCNN
 from tunelab.strategies.anatomy import anatomy
 
@@ -175,7 +175,7 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
             **dropout,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise UserError(f"model.source: cannot load a model from {folder}: {_first_line(error)}") from None
+        raise UserError(f"model.source: cannot load a model from {folder}: {first_line(error)}") from None
     fresh = sorted(
         set(info.get("missing_keys", []))
         | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])}
@@ -189,7 +189,7 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
         elif (folder / "preprocessor_config.json").exists():
             loaded.image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust)
     except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"model.source: cannot load the processor in {folder}: {_first_line(error)}") from None
+        raise UserError(f"model.source: cannot load the processor in {folder}: {first_line(error)}") from None
     if loaded.image_processor is not None:
         from tunelab.data.images import processor_transform
 
@@ -233,7 +233,7 @@ def _module_function(spec: str, labels, channels: int) -> LoadedModel:
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, ValueError, TypeError) as error:  # ValueError, TypeError: empty or relative name
-        raise UserError(f"model.source: cannot import module '{module_name}': {_first_line(error)}") from None
+        raise UserError(f"model.source: cannot import module '{module_name}': {first_line(error)}") from None
     except AttributeError:
         raise UserError(f"model.source: module '{module_name}' has no '{function_name}'") from None
     try:
@@ -242,7 +242,7 @@ def _module_function(spec: str, labels, channels: int) -> LoadedModel:
         init_kwargs = {k: v for k, v in {"num_labels": len(labels), "in_channels": channels}.items() if k in accepted}
         signature.bind(**init_kwargs)
     except (TypeError, ValueError) as error:
-        raise UserError(f"model.source: cannot call {spec} to build a model: {_first_line(error)}") from None
+        raise UserError(f"model.source: cannot call {spec} to build a model: {first_line(error)}") from None
     model = function(**init_kwargs)
     if not isinstance(model, nn.Module):
         raise UserError(f"model.source: {spec} returned {type(model).__name__}, not a torch.nn.Module")
@@ -287,7 +287,7 @@ def _saved_module(folder: Path, labels) -> LoadedModel:
     try:
         saved = load_file(weights_file)
     except Exception as error:  # safetensors raises its own error types for damaged files
-        raise UserError(f"model.source: cannot read {weights_file}: {_first_line(error)}") from None
+        raise UserError(f"model.source: cannot read {weights_file}: {first_line(error)}") from None
     own = model.state_dict()
     fitting = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
     if tuple(meta["labels"]) != tuple(labels.names):  # a new task: its head starts fresh
@@ -319,11 +319,6 @@ def _read_meta(folder: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{path}: damaged (not valid JSON)") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
