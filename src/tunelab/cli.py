@@ -33,17 +33,27 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune from a YAML config")
     train.add_argument("config", nargs="?", help="YAML run config")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest checkpoint")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set optim.lr=1e-4 (repeatable)",
-    )
+    _overrides(train)
     train.add_argument("--output", "-o", help="run directory (default: output_dir, else runs/<config name>)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     _common(train)
+
+    compare = commands.add_parser("compare", help="run several strategies on the same data and compare them")
+    compare.add_argument("config", help="YAML run config")
+    compare.add_argument(
+        "--strategies",
+        help="comma-separated, e.g. full,partial,lora (default: compare.strategies, else the eight main ones)",
+    )
+    _overrides(compare)
+    compare.add_argument("--output", "-o", help="comparison directory (default: runs/<config name>-compare)")
+    compare.add_argument("--overwrite", action="store_true", help="replace an existing comparison directory")
+    _common(compare)
+
+    export = commands.add_parser("export", help="write a run's model as a standalone model folder")
+    export.add_argument("run_dir")
+    export.add_argument("--output", "-o", required=True, help="folder to write (must not exist)")
+    export.add_argument("--merge", action="store_true", help="fold a LoRA/IA3 adapter into the base weights")
+    _common(export)
 
     evaluate = commands.add_parser("eval", help="evaluate a finished run")
     evaluate.add_argument("run_dir")
@@ -69,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(demo)
     return parser
+
+
+def _overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +157,42 @@ def _report_training(args, run_dir: Path, results: dict) -> dict:
     return {"run_dir": str(run_dir), **results}
 
 
+def cmd_compare(args) -> dict:
+    from rich.markup import escape
+
+    from tunelab.config import dump_config, load_config
+    from tunelab.io import write_atomic
+    from tunelab.recipes.compare import parse_strategies, run_compare
+    from tunelab.report.compare import comparison_table, failure_lines
+    from tunelab.rundir import CONFIG, REPORT, finish_run_dir, prepare_run_dir
+
+    config = load_config(args.config, args.overrides)
+    names = parse_strategies(args.strategies, config)
+    output = prepare_run_dir(args.output or f"runs/{Path(args.config).stem}-compare", args.overwrite)
+    succeeded = False
+    try:
+        write_atomic(output / CONFIG, dump_config(config))
+        summary = run_compare(config, names, output, stderr, progress=not args.json)
+        succeeded = True
+    finally:
+        finish_run_dir(output, succeeded)
+    if not args.json:
+        stdout.print(comparison_table(summary))
+        for line in failure_lines(summary):
+            stdout.print(f"[red]{escape(line)}[/]")
+        stdout.print(f"comparison: {output / 'comparison.json'}   report: {output / REPORT}")
+    return summary
+
+
+def cmd_export(args) -> dict:
+    from tunelab.recipes.export import run_export
+
+    result = run_export(Path(args.run_dir), Path(args.output), args.merge)
+    if not args.json:
+        stdout.print(f"wrote {result['output']} ({result['size_mb']:.1f} MB, {result['kind']})")
+    return result
+
+
 def cmd_eval(args) -> dict:
     from tunelab.recipes.evaluate import run_evaluation
     from tunelab.report.terminal import metrics_only_table
@@ -162,7 +219,14 @@ def cmd_demo(args) -> dict:
     return run_demo(Path(args.output), stdout, stderr, draws=args.draws, show=not args.json)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "demo": cmd_demo}
+COMMANDS = {
+    "train": cmd_train,
+    "compare": cmd_compare,
+    "export": cmd_export,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "demo": cmd_demo,
+}
 
 
 def _is_main_process() -> bool:

@@ -60,17 +60,90 @@ class DataConfig(Section):
         return self
 
 
+STRATEGY_NAMES = (
+    "full",
+    "partial",
+    "progressive",
+    "discriminative",
+    "bitfit",
+    "lora",
+    "adapter",
+    "prefix",
+    "prompt",
+    "ia3",
+)
+
+
+class ProgressiveConfig(Section):
+    every: int = Field(1, ge=1, description="unfreeze one more group every this many epochs or steps")
+    unit: Literal["epoch", "step"] = "epoch"
+    start_blocks: int = Field(0, ge=0, description="blocks trainable from the start, besides the head")
+    max_blocks: int | None = Field(None, ge=0, description="stop unfreezing at this many blocks (null: all)")
+    include_embeddings: bool = Field(True, description="unfreeze what precedes the blocks once all blocks train")
+    groups: list[list[str]] | None = Field(
+        None, description="explicit unfreeze order: lists of name patterns, the first unfrozen first"
+    )
+
+
+class LoraSection(Section):
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, description="module names; detected for common models")
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+class AdapterSection(Section):
+    placement: Literal["houlsby", "pfeiffer"] = Field(
+        "pfeiffer", description="houlsby: after attention and feed-forward; pfeiffer: after feed-forward only"
+    )
+    reduction_factor: int = Field(16, ge=1, description="bottleneck width = hidden size / reduction_factor")
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+
+
+class VirtualTokensSection(Section):
+    num_virtual_tokens: int = Field(20, ge=1, le=512)
+
+
+class Ia3Section(Section):
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+
+
 class StrategyConfig(Section):
-    name: Literal["full", "partial"] = "full"
+    name: Literal[STRATEGY_NAMES] = "full"  # type: ignore[valid-type]
     freeze: list[str] = Field(default_factory=list, description="module-name glob patterns")
     train_last_n_blocks: int | None = Field(None, ge=0)
     freeze_norm_stats: bool = False
+    # Discriminative learning rates; they combine with full, partial and progressive.
+    layer_lr_decay: float | None = Field(
+        None, gt=0.0, le=1.0, description="lr factor per block from the head down (discriminative: 0.8 if unset)"
+    )
+    head_lr: float | None = Field(None, gt=0.0, le=10.0, description="learning rate of the head (default: optim.lr)")
+    lr_groups: dict[str, float] = Field(
+        default_factory=dict, description="explicit rates: parameter-name glob pattern -> lr (first match wins)"
+    )
+    progressive: ProgressiveConfig = Field(default_factory=ProgressiveConfig)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    adapter: AdapterSection = Field(default_factory=AdapterSection)
+    prefix: VirtualTokensSection = Field(default_factory=VirtualTokensSection)
+    prompt: VirtualTokensSection = Field(default_factory=VirtualTokensSection)
+    ia3: Ia3Section = Field(default_factory=Ia3Section)
 
     @model_validator(mode="after")
     def _partial_needs_a_rule(self) -> StrategyConfig:
         if self.name == "partial" and not self.freeze and self.train_last_n_blocks is None:
             raise ValueError("partial needs strategy.freeze patterns or strategy.train_last_n_blocks")
         return self
+
+    @field_validator("lr_groups")
+    @classmethod
+    def _rates_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [pattern for pattern, rate in value.items() if not 0.0 < rate <= 10.0]
+        if bad:
+            raise ValueError(f"each rate must be in (0, 10]; not so for '{bad[0]}'")
+        return value
 
 
 class OptimConfig(Section):
@@ -130,6 +203,24 @@ class EvaluateConfig(Section):
     )
 
 
+class CompareConfig(Section):
+    strategies: list[Literal[STRATEGY_NAMES]] | None = Field(  # type: ignore[valid-type]
+        None, description="what `tunelab compare` runs when --strategies is not given"
+    )
+    lr: dict[str, float] = Field(default_factory=dict, description="strategy name -> its learning rate")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="strategy name -> strategy keys for that run (e.g. partial: {...})"
+    )
+
+    @field_validator("lr", "options")
+    @classmethod
+    def _known_strategies(cls, value: dict) -> dict:
+        unknown = [name for name in value if name not in STRATEGY_NAMES]
+        if unknown:
+            raise ValueError(f"'{unknown[0]}' is not a strategy; choose from {', '.join(STRATEGY_NAMES)}")
+        return value
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -143,6 +234,7 @@ class RunConfig(BaseModel):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     @model_validator(mode="after")
     def _task_supported(self) -> RunConfig:

@@ -43,7 +43,9 @@ def fit(
     total = config.max_steps or steps_per_epoch * config.epochs
     state = state or TrainState(total_steps=total, steps_per_epoch=steps_per_epoch)
     fire = _dispatcher(callbacks)
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    # Everything the optimizer holds, frozen-for-now parameters included (progressive unfreezing):
+    # clipping ignores those without a gradient.
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     # A skipped step must leave no trace, but its forward passes already moved BatchNorm's running
     # statistics (to inf/NaN for a batch that overflows): they are put back from this copy.
     # Only batch-norm statistics change in a forward pass, so only they are copied (none for most
@@ -84,7 +86,10 @@ def fit(
             with accelerator.accumulate(model):
                 loss = loss_fn(model, batch)
                 accelerator.backward(loss)
-                skipped = accelerator.sync_gradients and not _optimizer_step(accelerator, optimizer, parameters, config)
+                skipped = False
+                if accelerator.sync_gradients:
+                    fire("on_before_optimizer_step", state, model)
+                    skipped = not _optimizer_step(accelerator, optimizer, parameters, config)
                 optimizer.zero_grad(set_to_none=True)
             finite = torch.isfinite(loss.detach())
             running_loss += torch.where(finite, loss.detach(), 0.0)
@@ -99,7 +104,8 @@ def fit(
                     break
                 continue
             state.consecutive_skips = 0
-            step_lr = optimizer.param_groups[0]["lr"]  # the rate this step used, before the schedule moves on
+            # The rate this step used, before the schedule moves on (the highest group's: groups come highest first).
+            step_lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             state.step += 1
             if state.step % config.log_every == 0 or state.step == total:

@@ -22,18 +22,39 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def decay_groups(model: nn.Module, lr: float, weight_decay: float, trainable_only: bool = True) -> list[dict]:
+def decay_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    trainable_only: bool = True,
+    rates: dict[str, float] | None = None,
+    include: set[str] | None = None,
+) -> list[dict]:
+    """Optimizer groups: one per (learning rate, decay or not), the highest rate first.
+
+    ``rates`` gives a parameter its own learning rate (discriminative fine-tuning); ``include``
+    names parameters to optimise even though they are frozen now (progressive unfreezing), so
+    the groups never change during a run and a checkpoint always fits them.
+    """
     skip = no_decay_names(model)
-    decay, no_decay = [], []
+    rates = rates or {}
+    groups: dict[tuple[float, bool], list] = {}
     for name, parameter in model.named_parameters():
-        if trainable_only and not parameter.requires_grad:
+        wanted = parameter.requires_grad or (include is not None and name in include)
+        if trainable_only and not wanted:
             continue
-        (no_decay if name in skip else decay).append(parameter)
-    groups = [
-        {"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "no_decay"},
+        key = (rates.get(name, lr), name not in skip)
+        groups.setdefault(key, []).append(parameter)
+    single_rate = len({rate for rate, _ in groups}) <= 1
+    return [
+        {
+            "params": params,
+            "lr": rate,
+            "weight_decay": weight_decay if decays else 0.0,
+            "name": ("decay" if decays else "no_decay") + ("" if single_rate else f"@{rate:.3g}"),
+        }
+        for (rate, decays), params in sorted(groups.items(), key=lambda item: (-item[0][0], not item[0][1]))
     ]
-    return [group for group in groups if group["params"]]
 
 
 def build_optimizer(groups: list[dict], config: OptimConfig) -> torch.optim.Optimizer:

@@ -55,6 +55,7 @@ class LoadedModel:
     fresh_head: list[str] = field(default_factory=list)
     preprocessing: dict = field(default_factory=dict)
     labels: object | None = None  # the LabelMap of a saved model
+    spec: str = ""  # the model.source that rebuilds this base model (a folder made absolute)
 
 
 def load_model(config, labels, channels: int = 3) -> LoadedModel:
@@ -77,12 +78,13 @@ def load_model(config, labels, channels: int = 3) -> LoadedModel:
                 f"model.source: '{source}' is not a folder, a built-in (minilm, cnn, digits-cnn) "
                 "or package.module:function"
             )
-        if (folder / TUNELAB_META).exists() and _read_meta(folder)["kind"] == "module":
+        if (folder / TUNELAB_META).exists() and read_meta(folder)["kind"] == "module":
             loaded = _saved_module(folder, labels)
         elif (folder / "config.json").exists():
             loaded = _hugging_face(folder, config, labels)
         else:
             raise UserError(f"model.source: {folder} has no config.json; not a Hugging Face model folder")
+    loaded.spec = str(Path(source).resolve()) if Path(source).is_dir() else source
     if config.model.dropout is not None:
         set_dropout(loaded.model, config.model.dropout)
     if config.model.gradient_checkpointing:
@@ -102,9 +104,11 @@ def load_saved_model(folder: Path, config=None) -> LoadedModel:
     """Reload a model folder tunelab wrote, with its own label map."""
     from tunelab.data.labels import LabelMap
 
-    meta = _read_meta(folder)
+    meta = read_meta(folder)
     labels = LabelMap(tuple(meta["labels"]))
-    if meta["kind"] == "module":
+    if "base_source" in meta:
+        loaded = _adapted(folder, meta, labels)
+    elif meta["kind"] == "module":
         loaded = _saved_module(folder, labels)
     else:
         from tunelab.config import RunConfig
@@ -115,6 +119,20 @@ def load_saved_model(folder: Path, config=None) -> LoadedModel:
         if "image_size" in loaded.preprocessing:
             loaded.image_transform = _simple_transform(**loaded.preprocessing)
     loaded.labels = labels
+    return loaded
+
+
+def _adapted(folder: Path, meta: dict, labels) -> LoadedModel:
+    """A base model rebuilt from its source, with the saved (PEFT or bottleneck) adapter on it."""
+    from tunelab.config import RunConfig
+    from tunelab.models.adapted import load_adapted
+
+    base = {"task": meta["task"], "model": {"source": meta["base_source"]}, "data": {"train": "unused"}}
+    loaded = load_model(RunConfig.model_validate(base), labels, meta["init_kwargs"].get("in_channels", 3))
+    loaded.model = load_adapted(loaded.model, Path(folder), meta)
+    loaded.preprocessing = meta.get("preprocessing", {})
+    if "image_size" in loaded.preprocessing:
+        loaded.image_transform = _simple_transform(**loaded.preprocessing)
     return loaded
 
 
@@ -272,7 +290,7 @@ def _pixel_values_positionally(module: nn.Module, args: tuple, kwargs: dict):
 
 def _saved_module(folder: Path, labels) -> LoadedModel:
     """Rebuild a module tunelab saved; weights whose shape no longer fits (the head) start fresh."""
-    meta = _read_meta(folder)
+    meta = read_meta(folder)
     init_kwargs = dict(meta["init_kwargs"])
     if "num_labels" in init_kwargs:
         init_kwargs["num_labels"] = len(labels)
@@ -311,7 +329,7 @@ def _simple_transform(image_size: int, mean: float = 0.5, std: float = 0.5, chan
     return SimpleImageTransform(image_size, mean, std, channels)
 
 
-def _read_meta(folder: Path) -> dict:
+def read_meta(folder: Path) -> dict:
     path = Path(folder) / TUNELAB_META
     if not path.exists():
         raise UserError(f"{folder}: not a tunelab model folder (no {TUNELAB_META})")

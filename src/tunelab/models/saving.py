@@ -13,6 +13,7 @@ from safetensors.torch import save_model as save_safetensors
 from torch import nn
 
 from tunelab.io import write_json
+from tunelab.models.adapted import bottleneck_settings, is_peft, save_adapted
 from tunelab.models.loading import TUNELAB_META, LoadedModel
 
 FORMAT_VERSION = 1
@@ -23,14 +24,17 @@ def save_model(loaded: LoadedModel, model: nn.Module, folder: Path, labels, task
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    if loaded.kind == "hf":
+    adapted = {}
+    if is_peft(model) or bottleneck_settings(model) is not None:
+        adapted = save_adapted(model, staging) | {"base_source": loaded.spec}
+    elif loaded.kind == "hf":
         model.save_pretrained(staging, safe_serialization=True)
-        for processor in (loaded.tokenizer, loaded.image_processor):
-            if processor is not None:
-                processor.save_pretrained(staging)
     else:
         save_safetensors(model, str(staging / "model.safetensors"))
-    meta = {
+    for processor in (loaded.tokenizer, loaded.image_processor):
+        if processor is not None and loaded.kind == "hf":
+            processor.save_pretrained(staging)
+    meta = adapted | {
         "format_version": FORMAT_VERSION,
         "kind": loaded.kind,
         "source": loaded.source,

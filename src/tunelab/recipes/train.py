@@ -52,15 +52,20 @@ def run_training(
     raw = read_data(config)
     loaded = load_model(config, raw.labels, raw.channels)
     data = prepare_data(raw, loaded, config)
-    strategy = build_strategy(config.strategy)
+    strategy = build_strategy(config.strategy, loaded.fresh_head)
     model = strategy.apply(loaded.model)
-    trainable, total = count_parameters(model)
+    _, total = count_parameters(model)
     if main and accelerator.num_processes > 1 and _trains_batch_norm(model, config):
         console.print(
             "[yellow]warning:[/] batch-norm statistics are computed per process under DDP, so results differ "
             "from one process; set strategy.freeze_norm_stats: true to keep them identical"
         )
     optimizer = build_optimizer(strategy.parameter_groups(model, config.optim), config.optim)
+    groups = [
+        {"name": group["name"], "lr": group["lr"], "parameters": sum(p.numel() for p in group["params"])}
+        for group in optimizer.param_groups
+    ]
+    trainable = sum(group["parameters"] for group in groups)  # by the end of the run, for progressive
 
     collate = make_collate(loaded, config.task)
     train_dl, sampler = train_loader(data.datasets["train"], config.train.batch_size, collate, config.seed)
@@ -148,6 +153,8 @@ def run_training(
         "task": config.task,
         "model_source": config.model.source,
         "strategy": config.strategy.name,
+        "strategy_details": strategy.describe(accelerator.unwrap_model(model)),
+        "optimizer_groups": groups,
         "labels": list(data.labels.names),
         "examples": {name: len(ds) for name, ds in data.datasets.items()},
         "truncated": data.truncated,

@@ -32,16 +32,16 @@ def write_report(run_dir: Path, path: Path) -> Path:
     ]
     if train_logs:
         sections += ["<h2>Training curves</h2><div class='grid'>"]
-        sections.append(_image(plots.loss_curves(train_logs, evals), "loss curves"))
+        sections.append(image(plots.loss_curves(train_logs, evals), "loss curves"))
         if evals:
-            sections.append(_image(plots.metric_curves(evals), "validation metric curves"))
-        sections += [_image(plots.learning_rate_curve(train_logs), "learning rate curve"), "</div>"]
+            sections.append(image(plots.metric_curves(evals), "validation metric curves"))
+        sections += [image(plots.learning_rate_curve(train_logs), "learning rate curve"), "</div>"]
     sections.append("<h2>Confusion matrices (fine-tuned)</h2><div class='grid'>")
     for split in ("validation", "test"):
         if split in results["final"]:
             matrix = results["final"][split]["confusion_matrix"]
             png = plots.confusion_matrix(matrix, results["labels"], split)
-            sections.append(_image(png, f"confusion matrix ({split})"))
+            sections.append(image(png, f"confusion matrix ({split})"))
     sections.append("</div>")
     page = f"<!doctype html><meta charset='utf-8'><title>tunelab report</title><style>{STYLE}</style>" + "\n".join(
         sections
@@ -93,7 +93,7 @@ def _gap(gap: dict) -> str:
     return f"<p><b>Train minus validation</b> (overfitting shows as a large positive accuracy gap): {cells}</p>"
 
 
-def _image(png: str, description: str) -> str:
+def image(png: str, description: str) -> str:
     return f"<img alt='{escape(description)}' title='{escape(description)}' src='data:image/png;base64,{png}'>"
 
 

@@ -67,3 +67,30 @@ def confusion_matrix(matrix: list[list[int]], labels: list[str], title: str) -> 
         for j, value in enumerate(row):
             axis.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
     return to_png(figure)
+
+
+def strategy_curves(records: dict[str, list[dict]], kind: str, key: str, ylabel: str) -> str:
+    """One line per strategy on shared axes: ``key`` of the ``kind`` records ("train" or "eval")."""
+    figure, axis = plt.subplots(figsize=(6, 3.4))
+    for name, rows in records.items():
+        points = [(r["step"], r[key]) for r in rows if r["type"] == kind and r.get(key) is not None]
+        if points:
+            axis.plot(*zip(*points, strict=True), "o-" if kind == "eval" else "-", label=name, markersize=3)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel(ylabel)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return to_png(figure)
+
+
+def metric_vs_trainable(points: list[tuple[str, float, float]], metric: str) -> str:
+    """Scatter of (name, trainable %, validation metric), the x axis logarithmic."""
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    for name, percent, value in points:
+        axis.scatter(percent, value)
+        axis.annotate(name, (percent, value), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axis.set_xscale("log")
+    axis.set_xlabel("trainable parameters (% of total, log scale)")
+    axis.set_ylabel(f"validation {metric}")
+    axis.grid(alpha=0.3, which="both")
+    return to_png(figure)

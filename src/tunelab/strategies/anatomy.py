@@ -8,6 +8,7 @@ outside its base model (``classifier``), or the last top-level child with parame
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 from torch import nn
 
@@ -25,6 +26,24 @@ class Anatomy:
 
     def in_head(self, parameter_name: str) -> bool:
         return any(parameter_name.startswith(head + ".") for head in self.head)
+
+    def depths(self, names: list[str]) -> dict[str, int]:
+        """Distance of each parameter from the output: 0 for the head and what follows the last
+        block (pooler, final norm), ``n - i`` for block ``i`` of ``n``, ``n + 1`` for what
+        precedes the blocks (embeddings, stem). Parameter order tells before from after."""
+        count = len(self.blocks)
+        block_positions = [i for i, name in enumerate(names) if self.block_of(name) is not None]
+        first_block = block_positions[0] if block_positions else len(names)
+        depths = {}
+        for position, name in enumerate(names):
+            block = self.block_of(name)
+            if self.in_head(name):
+                depths[name] = 0
+            elif block is not None:
+                depths[name] = count - block
+            else:
+                depths[name] = count + 1 if position < first_block else 0
+        return depths
 
 
 def anatomy(model: nn.Module) -> Anatomy:
@@ -48,3 +67,8 @@ def _head(model: nn.Module) -> list[str]:
         if any(name == preferred for name, _ in children):
             return [preferred]
     return [children[-1][0]] if children else []
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """A glob on a parameter's name or on the module that holds it (``bert.embeddings*``)."""
+    return fnmatchcase(name, pattern) or fnmatchcase(name, pattern + ".*")

@@ -6,12 +6,10 @@ blocks) is frozen; the last N blocks, what follows them (pooler, final norm) and
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
-
 from torch import nn
 
 from tunelab.errors import UserError
-from tunelab.strategies.anatomy import anatomy
+from tunelab.strategies.anatomy import anatomy, name_matches
 from tunelab.strategies.base import Strategy
 
 
@@ -34,7 +32,7 @@ class PartialStrategy(Strategy):
     def _matching(self, names: list[str]) -> set[str]:
         matched = set()
         for pattern in self.config.freeze:
-            hits = {name for name in names if fnmatchcase(name, pattern) or fnmatchcase(name, pattern + ".*")}
+            hits = {name for name in names if name_matches(name, pattern)}
             if not hits:
                 examples = ", ".join(sorted({n.rsplit(".", 2)[0] for n in names})[:6])
                 raise UserError(

@@ -1,0 +1,87 @@
+"""Save and reload models a parameter-efficient strategy wrapped: PEFT adapters and bottleneck adapters.
+
+Only what trained is written. A PEFT model goes out in PEFT's own format (``adapter_config.json``
+and ``adapter_model.safetensors``), so ``PeftModel.from_pretrained(base, folder)`` loads it
+without tunelab; bottleneck adapters go to ``adapter.safetensors`` with their placement in
+``tunelab.json``. Reloading rebuilds the base model from ``base_source`` and puts the adapter on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tunelab.errors import UserError, first_line
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+
+
+def is_peft(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def bottleneck_settings(model: nn.Module) -> dict | None:
+    """Where bottleneck adapters sit and how they are built, or None when there are none."""
+    from tunelab.strategies.adapter import ADAPTER, Bottleneck
+
+    targets = [name for name, module in model.named_modules() if isinstance(getattr(module, ADAPTER, None), Bottleneck)]
+    if not targets:
+        return None
+    first = getattr(model.get_submodule(targets[0]), ADAPTER)
+    return {"targets": targets} | first.settings
+
+
+def save_adapted(model: nn.Module, staging: Path) -> dict:
+    """Write the adapter into ``staging``; return what ``tunelab.json`` must record about it."""
+    if is_peft(model):
+        model.save_pretrained(staging, safe_serialization=True)
+        return {"peft": str(model.peft_config["default"].peft_type.value)}
+    trained = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    save_file(trained, str(staging / ADAPTER_WEIGHTS))
+    return {"adapter": bottleneck_settings(model)}
+
+
+def load_adapted(model: nn.Module, folder: Path, meta: dict) -> nn.Module:
+    """Put the saved adapter of ``folder`` on the freshly built base ``model``."""
+    if meta.get("peft"):
+        from peft import PeftModel
+
+        try:
+            return PeftModel.from_pretrained(model, folder)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise UserError(f"{folder}: cannot load the PEFT adapter: {first_line(error)}") from None
+    from tunelab.strategies.adapter import add_adapters
+
+    settings = meta["adapter"]
+    add_adapters(model, settings["targets"], settings["reduction_factor"], settings["activation"])
+    weights_file = folder / ADAPTER_WEIGHTS
+    try:
+        saved = load_file(weights_file)
+    except Exception as error:  # safetensors raises its own error types for damaged or missing files
+        raise UserError(f"cannot read {weights_file}: {first_line(error)}") from None
+    unknown = sorted(set(saved) - set(model.state_dict()))
+    if unknown:
+        raise UserError(f"{weights_file} has weights the model does not: {unknown[:3]}")
+    model.load_state_dict(saved, strict=False)
+    return model
+
+
+def merge(model: nn.Module) -> nn.Module:
+    """Fold the adapter into the base weights, or explain why that cannot be done."""
+    if bottleneck_settings(model) is not None:
+        raise UserError(
+            "export --merge: bottleneck adapters add non-linear layers, which cannot fold into the base weights; "
+            "the run's model/ folder loads with tunelab as it is"
+        )
+    if not is_peft(model):
+        return model
+    try:
+        return model.merge_and_unload()
+    except (AttributeError, ValueError, NotImplementedError) as error:
+        method = model.peft_config["default"].peft_type.value
+        reason = first_line(error)
+        raise UserError(f"export --merge: {method} cannot be merged into the base weights ({reason})") from None

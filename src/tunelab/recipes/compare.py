@@ -1,0 +1,143 @@
+"""`tunelab compare`: every strategy on the same data, seed and step budget, side by side.
+
+Each strategy runs as its own ``tunelab train`` process, so its peak memory is its own (a
+process's peak resident memory never goes down, so runs in one process would inherit the peak
+of the one before) and a strategy that crashes cannot take the others with it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from tunelab.config import STRATEGY_NAMES, RunConfig, dump_config, validate
+from tunelab.errors import UserError
+from tunelab.io import read_jsonl, write_atomic, write_json
+from tunelab.rundir import METRICS, MODEL, REPORT
+
+COMPARISON = "comparison.json"
+DEFAULT_STRATEGIES = ("full", "partial", "progressive", "discriminative", "bitfit", "lora", "adapter", "ia3")
+# Learning rate relative to optim.lr (the rate for full fine-tuning) when compare.lr names none:
+# methods that train few parameters need larger steps (LoRA and adapters ~10x, BitFit ~10x as in
+# its paper, IA3 and soft prompts far more, as in their papers).
+LR_FACTOR = {
+    "full": 1.0,
+    "partial": 1.0,
+    "progressive": 1.0,
+    "discriminative": 2.0,
+    "bitfit": 10.0,
+    "lora": 10.0,
+    "adapter": 10.0,
+    "ia3": 50.0,
+    "prefix": 100.0,
+    "prompt": 200.0,
+}
+PARTIAL_DEFAULT = {"train_last_n_blocks": 2}
+
+
+def parse_strategies(text: str | None, config: RunConfig) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()] if text else list(config.compare.strategies or [])
+    names = names or list(DEFAULT_STRATEGIES)
+    unknown = [name for name in names if name not in STRATEGY_NAMES]
+    if unknown:
+        raise UserError(f"--strategies: '{unknown[0]}' is not a strategy; choose from {', '.join(STRATEGY_NAMES)}")
+    if len(set(names)) != len(names):
+        raise UserError("--strategies: a strategy is named twice")
+    return names
+
+
+def strategy_config(config: RunConfig, name: str) -> RunConfig:
+    """The run config for one strategy: its name, its learning rate, its own options."""
+    raw = config.model_dump(mode="json", exclude={"output_dir"})
+    strategy = raw["strategy"] | {"name": name}
+    if name == "partial" and not strategy["freeze"] and strategy["train_last_n_blocks"] is None:
+        strategy |= PARTIAL_DEFAULT
+    strategy |= config.compare.options.get(name, {})
+    raw["strategy"] = strategy
+    raw["optim"]["lr"] = config.compare.lr.get(name, min(10.0, config.optim.lr * LR_FACTOR[name]))
+    return validate(raw, source=f"compare ({name})")
+
+
+def run_compare(config: RunConfig, names: list[str], output: Path, console: Console, progress: bool) -> dict:
+    rows = []
+    configs = {name: strategy_config(config, name) for name in names}  # every config checked before any run
+    for index, name in enumerate(names, start=1):
+        run_config = configs[name]
+        config_file = output / "configs" / f"{name}.yaml"
+        config_file.parent.mkdir(exist_ok=True)
+        write_atomic(config_file, dump_config(run_config))
+        if progress:
+            console.print(f"[bold]{index}/{len(names)}[/] {name} (lr {run_config.optim.lr:g}) ...")
+        row = _run_one(name, run_config, config_file, output / name, progress)
+        rows.append(row)
+        if progress:
+            console.print(_one_line(row))
+    summary = {"metric": config.train.metric, "rows": rows}
+    write_json(output / COMPARISON, summary)
+    from tunelab.report.compare import write_comparison_report
+
+    write_comparison_report(output, summary, output / REPORT)
+    return summary
+
+
+def _run_one(name: str, run_config: RunConfig, config_file: Path, run_dir: Path, progress: bool) -> dict:
+    command = [sys.executable, "-m", "tunelab", "train", str(config_file), "--output", str(run_dir), "--json", "-q"]
+    started = time.perf_counter()
+    finished = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    row = {"strategy": name, "lr": run_config.optim.lr, "run_dir": str(run_dir), "wall_seconds": wall}
+    if finished.returncode != 0 and not finished.stdout.strip().startswith("{"):
+        return row | {"error": _error_line(finished.stderr)}
+    import json
+
+    results = json.loads(finished.stdout)
+    final = results["final"]
+    row |= {
+        "validation": _headline(final.get("validation", {})),
+        "test": _headline(final["test"]) if "test" in final else None,
+        "trainable": results["parameters"]["trainable"],
+        "total": results["parameters"]["total"],
+        "trainable_percent": results["parameters"]["trainable_percent"],
+        "train_seconds": results["train_seconds"],
+        "peak_memory_mb": results["peak_memory_mb"],
+        "checkpoint_mb": folder_megabytes(run_dir / MODEL),
+        "steps": results["steps"],
+    }
+    if results.get("diverged"):
+        row["error"] = results["stop_reason"]
+    return row
+
+
+def _headline(metrics: dict) -> dict:
+    return {key: metrics.get(key) for key in ("loss", "accuracy", "precision", "recall", "f1", "auc")}
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["failed without a message"])[-1].removeprefix("error: ")
+
+
+def _one_line(row: dict) -> str:
+    if "error" in row and "validation" not in row:
+        return f"  [red]failed:[/] {row['error']}"
+    accuracy = row["validation"].get("accuracy")
+    shown = f"validation accuracy {accuracy:.4f}, " if accuracy is not None else ""
+    return f"  {shown}{row['trainable_percent']:.2f}% trainable, {row['train_seconds']:.1f} s"
+
+
+def folder_megabytes(folder: Path) -> float:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20
+
+
+def curves(output: Path, rows: list[dict]) -> dict[str, list[dict]]:
+    """metrics.jsonl of every strategy that ran, by name."""
+    return {
+        row["strategy"]: read_jsonl(Path(row["run_dir"]) / METRICS)
+        for row in rows
+        if (Path(row["run_dir"]) / METRICS).exists()
+    }

@@ -1,0 +1,113 @@
+"""The comparison page: one table, every strategy's curves on shared axes, metric vs trainable share."""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+
+from tunelab.io import write_atomic
+from tunelab.report import plots
+from tunelab.report.html import STYLE, image
+
+COLUMNS = (  # headers on two short lines, so the table fits an 80-column terminal
+    ("strategy", "strategy"),
+    ("lr", "lr"),
+    ("val", "val\n{metric}"),
+    ("test", "test\n{metric}"),
+    ("trainable", "train-\nable"),
+    ("percent", "%"),
+    ("seconds", "train\ns"),
+    ("memory", "peak\nMB"),
+    ("size", "saved\nMB"),
+)
+SHORT = {"accuracy": "acc", "precision": "prec", "recall": "rec", "f1": "f1", "auc": "auc", "loss": "loss"}
+
+
+def row_cells(row: dict, metric: str) -> dict[str, str]:
+    def value(split: str) -> str:
+        number = (row.get(split) or {}).get(metric)
+        return "–" if number is None else f"{number:.3f}"
+
+    if "validation" not in row:
+        return {"strategy": row["strategy"], "lr": f"{row['lr']:g}", "val": "failed"}
+    return {
+        "strategy": row["strategy"] + (" (!)" if row.get("error") else ""),
+        "lr": f"{row['lr']:g}",
+        "val": value("validation"),
+        "test": value("test"),
+        "trainable": _count(row["trainable"]),
+        "percent": f"{row['trainable_percent']:.2f}",
+        "seconds": f"{row['train_seconds']:.0f}",
+        "memory": f"{row['peak_memory_mb']:.0f}",
+        "size": f"{row['checkpoint_mb']:.2f}",
+    }
+
+
+def _count(number: int) -> str:
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if number >= size:
+            return f"{number / size:.1f}{unit}"
+    return str(number)
+
+
+def comparison_table(summary: dict) -> Table:
+    metric = summary["metric"]
+    rows = [row_cells(row, metric) for row in summary["rows"]]
+    table = Table(
+        title="strategies compared (same data, seed and step budget)",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    for key, title in COLUMNS:
+        header = title.format(metric=SHORT[metric])
+        width = max(len(text) for text in [*header.splitlines(), *(cells.get(key, "") for cells in rows)])
+        justify = "left" if key == "strategy" else "right"
+        table.add_column(header, justify=justify, no_wrap=True, min_width=width)
+    for cells in rows:
+        table.add_row(*(cells.get(key, "") for key, _ in COLUMNS))
+    return table
+
+
+def failure_lines(summary: dict) -> list[str]:
+    return [f"{row['strategy']}: {row['error']}" for row in summary["rows"] if row.get("error")]
+
+
+def write_comparison_report(output: Path, summary: dict, path: Path) -> Path:
+    from tunelab.recipes.compare import curves
+
+    metric = summary["metric"]
+    header = "".join(f"<th>{escape(title.format(metric=metric)).replace(chr(10), ' ')}</th>" for _, title in COLUMNS)
+    body = []
+    for row in summary["rows"]:
+        cells = row_cells(row, metric)
+        body.append("<tr>" + "".join(f"<td>{escape(cells.get(key, ''))}</td>" for key, _ in COLUMNS) + "</tr>")
+    sections = [
+        f"<h1>tunelab compare: {escape(Path(output).name)}</h1>",
+        f"<table><tr>{header}</tr>{''.join(body)}</table>",
+    ]
+    failed = [row for row in summary["rows"] if row.get("error")]
+    for row in failed:
+        sections.append(f"<p><b>{escape(row['strategy'])}</b>: {escape(row['error'])}</p>")
+    records = curves(output, summary["rows"])
+    if records:
+        sections.append("<h2>Curves</h2><div class='grid'>")
+        sections.append(image(plots.strategy_curves(records, "train", "loss", "train loss"), "train loss"))
+        sections.append(
+            image(plots.strategy_curves(records, "eval", metric, f"validation {metric}"), f"validation {metric}")
+        )
+        sections.append("</div>")
+    points = [
+        (row["strategy"], row["trainable_percent"], row["validation"][metric])
+        for row in summary["rows"]
+        if "validation" in row and row["validation"].get(metric) is not None
+    ]
+    if points:
+        sections.append(f"<h2>Validation {escape(metric)} against trainable parameters</h2>")
+        sections.append(image(plots.metric_vs_trainable(points, metric), "metric vs trainable parameters"))
+    page = f"<!doctype html><meta charset='utf-8'><title>tunelab compare</title><style>{STYLE}</style>"
+    write_atomic(path, page + "\n".join(sections))
+    return path
