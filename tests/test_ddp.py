@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,3 +200,31 @@ def test_two_process_run_killed_and_resumed_equals_uninterrupted(tmp_path, write
     # Logged losses too: each process's unlogged loss at the checkpoint (steps 5-6 here, logged at 8) is its own.
     assert (whole / METRICS).read_text().splitlines() == (killed / METRICS).read_text().splitlines()
     assert json.loads((whole / RESULTS).read_text())["final"] == json.loads((killed / RESULTS).read_text())["final"]
+
+
+def test_progressive_unfreezing_under_two_processes_matches_one(text_config, write_config, tmp_path):
+    """DDP only synchronises parameters that required gradients when it was built; blocks unfrozen
+    later must still be averaged across processes, and every process must agree on the stage."""
+    config = text_config | {
+        "model": text_config["model"] | {"dropout": 0.0},
+        "optim": {"lr": 1e-2},
+        "strategy": {"name": "progressive", "progressive": {"unit": "step", "every": 3}},
+        "train": text_config["train"] | {"epochs": 2, "batch_size": 8, "log_every": 2, "load_best_at_end": False},
+    }
+    path = write_config(config)
+    single = json.loads(_launch([sys.executable], path, tmp_path / "single", tmp_path).stdout)
+    ddp = json.loads(_launch(TORCHRUN, path, tmp_path / "ddp", tmp_path).stdout)
+    assert (single["processes"], ddp["processes"]) == (1, 2)
+    assert single["strategy_details"] == ddp["strategy_details"] and ddp["strategy_details"]["stage"] == 3
+    for split in ("validation", "test"):
+        for metric in ("loss", "accuracy"):
+            assert ddp["final"][split][metric] == pytest.approx(single["final"][split][metric], abs=1e-4)
+    one = load_file(tmp_path / "single" / MODEL / "model.safetensors")
+    two = load_file(tmp_path / "ddp" / MODEL / "model.safetensors")
+    for name, value in one.items():
+        tolerance = 1e-3 if name.endswith("attention.self.key.bias") else 2e-5
+        torch.testing.assert_close(two[name], value, atol=tolerance, rtol=0, msg=name)
+    # Unfrozen late, yet trained identically: the embeddings moved, and by the same amount.
+    initial = load_file(Path(text_config["model"]["source"]) / "model.safetensors")
+    embeddings = "bert.embeddings.word_embeddings.weight"
+    assert not torch.equal(two[embeddings], initial[embeddings.removeprefix("bert.")])

@@ -105,7 +105,7 @@ class ProgressiveStrategy(Strategy):
             self._set_stage(self._stage_at(state))
 
     def on_step_end(self, state) -> None:
-        if self.config.progressive.unit == "step":
+        if self.config.progressive.unit == "step" and state.step < state.total_steps:
             self._set_stage(self._stage_at(state))
 
     def on_before_optimizer_step(self, state, model) -> None:
