@@ -10,7 +10,7 @@ import torch
 
 from tunelab.cli import main
 from tunelab.config import validate
-from tunelab.recipes.compare import folder_megabytes
+from tunelab.io import folder_megabytes
 from tunelab.recipes.predict import run_prediction
 from tunelab.recipes.train import run_training
 from tunelab.rundir import MODEL, RESULTS, prepare_run_dir

@@ -204,3 +204,18 @@ def test_virtual_tokens_need_a_text_transformer(name, cnn_config):
 def test_an_unknown_strategy_lists_the_known_ones(text_config):
     with pytest.raises(UserError, match="strategy.name: .*'full', 'partial', 'progressive'.*'ia3'"):
         validate(text_config | {"strategy": {"name": "magic"}})
+
+
+def test_the_base_model_is_scored_without_the_adapter_whatever_the_strategy(text_config, tmp_path):
+    """Virtual tokens start random: scoring the "base" through them would not score the base model."""
+    from tunelab.recipes.train import run_training
+    from tunelab.rundir import prepare_run_dir
+
+    config = text_config | {"train": text_config["train"] | {"max_steps": 1}}
+    base = {}
+    for name in ("full", "lora", "prompt", "adapter"):
+        run_dir = prepare_run_dir(tmp_path / name, False)
+        base[name] = run_training(validate(config | {"strategy": {"name": name}}), run_dir, progress=False)["base"]
+    for name in ("lora", "prompt", "adapter"):
+        for split in ("validation", "test"):
+            assert base[name][split]["loss"] == pytest.approx(base["full"][split]["loss"], abs=1e-6), (name, split)

@@ -53,3 +53,8 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def folder_megabytes(folder: Path) -> float:
+    """Size on disk of every file under ``folder``, in MiB."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20

@@ -8,6 +8,7 @@ without tunelab; bottleneck adapters go to ``adapter.safetensors`` with their pl
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -33,6 +34,21 @@ def bottleneck_settings(model: nn.Module) -> dict | None:
         return None
     first = getattr(model.get_submodule(targets[0]), ADAPTER)
     return {"targets": targets} | first.settings
+
+
+@contextmanager
+def without_adapter(model: nn.Module, unwrapped: nn.Module):
+    """Yield what computes the base model: ``model`` with a PEFT adapter switched off, or the
+    model under virtual tokens (they start random, so they are not the base model). LoRA, IA3
+    and bottleneck adapters start as the identity, but switching off is exact, not a float claim."""
+    if not is_peft(unwrapped):
+        yield model
+    elif unwrapped.active_peft_config.is_prompt_learning:
+        # PEFT's disable_adapter() fails here for classifiers (it looks for generation hooks).
+        yield unwrapped.base_model
+    else:
+        with unwrapped.disable_adapter():
+            yield model
 
 
 def save_adapted(model: nn.Module, staging: Path) -> dict:

@@ -17,7 +17,7 @@ from rich.console import Console
 from tunelab.config import STRATEGY_NAMES, RunConfig, dump_config, validate
 from tunelab.errors import UserError
 from tunelab.io import read_jsonl, write_atomic, write_json
-from tunelab.rundir import METRICS, MODEL, REPORT
+from tunelab.rundir import METRICS, REPORT
 
 COMPARISON = "comparison.json"
 DEFAULT_STRATEGIES = ("full", "partial", "progressive", "discriminative", "bitfit", "lora", "adapter", "ia3")
@@ -104,7 +104,7 @@ def _run_one(name: str, run_config: RunConfig, config_file: Path, run_dir: Path,
         "trainable_percent": results["parameters"]["trainable_percent"],
         "train_seconds": results["train_seconds"],
         "peak_memory_mb": results["peak_memory_mb"],
-        "checkpoint_mb": folder_megabytes(run_dir / MODEL),
+        "checkpoint_mb": results["saved_model_mb"],
         "steps": results["steps"],
     }
     if results.get("diverged"):
@@ -128,10 +128,6 @@ def _one_line(row: dict) -> str:
     accuracy = row["validation"].get("accuracy")
     shown = f"validation accuracy {accuracy:.4f}, " if accuracy is not None else ""
     return f"  {shown}{row['trainable_percent']:.2f}% trainable, {row['train_seconds']:.1f} s"
-
-
-def folder_megabytes(folder: Path) -> float:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20
 
 
 def curves(output: Path, rows: list[dict]) -> dict[str, list[dict]]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.errors import UserError
+from tunelab.io import folder_megabytes
 from tunelab.models import load_saved_model, save_model
 from tunelab.models.adapted import merge
 from tunelab.models.loading import read_meta
-from tunelab.recipes.compare import folder_megabytes
 from tunelab.rundir import MODEL
 
 

@@ -20,8 +20,9 @@ from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
 from tunelab.evaluate import classification_loss, evaluate_split, evaluate_splits
-from tunelab.io import write_atomic, write_json
+from tunelab.io import folder_megabytes, write_atomic, write_json
 from tunelab.models import load_model, save_model
+from tunelab.models.adapted import without_adapter
 from tunelab.models.builtin import build_cached
 from tunelab.models.loading import count_parameters
 from tunelab.recipes.runtime import make_accelerator, peak_memory_mb, quiet_libraries
@@ -104,11 +105,10 @@ def run_training(
         if main:
             console.print(f"resuming from {Path(restored['folder']).name} (step {state.step})")
     else:
-        base = (
-            evaluate_splits(model, eval_dls, accelerator, num_labels, bars, "base model")
-            if config.evaluate.base
-            else {}
-        )
+        base = {}
+        if config.evaluate.base:
+            with without_adapter(model, accelerator.unwrap_model(model)) as base_model:
+                base = evaluate_splits(base_model, eval_dls, accelerator, num_labels, bars, "base model")
         earlier_seconds = 0.0
 
     started = time.perf_counter()
@@ -178,6 +178,7 @@ def run_training(
     }
     if main:
         save_model(loaded, accelerator.unwrap_model(model), run_dir / MODEL, data.labels, config.task)
+        results["saved_model_mb"] = folder_megabytes(run_dir / MODEL)
         write_json(run_dir / RESULTS, results)
         from tunelab.report import write_report
 

@@ -48,6 +48,8 @@ def run_summary_lines(results: dict) -> list[str]:
         f"trained {results['steps']} steps in {results['train_seconds']:.1f} s; "
         f"peak memory {results['peak_memory_mb']:.0f} MB",
     ]
+    if "saved_model_mb" in results:
+        lines.append(f"saved model: {results['saved_model_mb']:.2f} MB")
     gap = results.get("gap", {})
     if "accuracy" in gap:
         lines.append(f"train - validation accuracy gap: {gap['accuracy']:+.4f}")
