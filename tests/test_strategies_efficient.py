@@ -219,3 +219,30 @@ def test_the_base_model_is_scored_without_the_adapter_whatever_the_strategy(text
     for name in ("lora", "prompt", "adapter"):
         for split in ("validation", "test"):
             assert base[name][split]["loss"] == pytest.approx(base["full"][split]["loss"], abs=1e-6), (name, split)
+
+
+def test_lora_targets_are_detected_for_common_architectures():
+    from transformers import GPT2Config, GPT2ForSequenceClassification, ViTConfig, ViTForImageClassification
+
+    from tunelab.models.cnn import DemoCNN
+    from tunelab.strategies.anatomy import anatomy
+    from tunelab.strategies.peft_methods import lora_targets
+
+    gpt2 = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, num_labels=2))
+    vit = ViTForImageClassification(
+        ViTConfig(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=8,
+            patch_size=4,
+            num_labels=2,
+        )
+    )
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    assert lora_targets(gpt2, anatomy(gpt2).head) == ["c_attn"]
+    assert lora_targets(vit, anatomy(vit).head) == ["q_proj", "v_proj"]  # transformers 5 names
+    assert lora_targets(plain, anatomy(plain).head) == ["0", "2"]  # every linear layer but the head
+    cnn = DemoCNN(num_labels=3)
+    assert lora_targets(cnn, anatomy(cnn).head) == ["blocks.0.0", "blocks.1.0", "blocks.2.0"]

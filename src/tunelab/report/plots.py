@@ -86,9 +86,12 @@ def strategy_curves(records: dict[str, list[dict]], kind: str, key: str, ylabel:
 def metric_vs_trainable(points: list[tuple[str, float, float]], metric: str) -> str:
     """Scatter of (name, trainable %, validation metric), the x axis logarithmic."""
     figure, axis = plt.subplots(figsize=(6, 3.6))
+    together: dict[tuple[float, float], list[str]] = {}  # strategies on the same spot share one label
     for name, percent, value in points:
+        together.setdefault((round(percent, 2), round(value, 4)), []).append(name)
+    for (percent, value), names in together.items():
         axis.scatter(percent, value)
-        axis.annotate(name, (percent, value), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axis.annotate(", ".join(names), (percent, value), textcoords="offset points", xytext=(4, 4), fontsize=8)
     axis.set_xscale("log")
     axis.set_xlabel("trainable parameters (% of total, log scale)")
     axis.set_ylabel(f"validation {metric}")

@@ -120,23 +120,31 @@ class PromptStrategy(PeftStrategy):
         )
 
 
+ATTENTION_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("q", "v"), ("c_attn",), ("qkv",), ("Wqkv",))
+
+
 def lora_targets(model: nn.Module, exclude: list[str]) -> list[str]:
-    """PEFT's own choice for architectures it knows (BERT: query, value; GPT-2: c_attn; T5: q, v;
-    ViT: query, value); otherwise every linear and convolution layer outside the head."""
+    """Attention query and value projections, as the LoRA paper adapts: PEFT's own choice for the
+    architectures it maps (BERT: query, value; GPT-2: c_attn; T5: q, v), else the first naming
+    scheme this model uses (transformers 5 names ViT's q_proj, v_proj); for models without
+    attention, every linear and convolution layer outside the head."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
 
-    known = KNOWN.get(_model_type(model))
-    if known:
-        return list(known)
     excluded = tuple(f"{name}." for name in exclude)
-    targets = [
+    layers = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, CONV_AND_LINEAR) and not (name + ".").startswith(excluded)
+        if (isinstance(module, CONV_AND_LINEAR) or type(module).__name__ == "Conv1D")
+        and not (name + ".").startswith(excluded)
     ]
-    if not targets:
+    last_parts = {name.rsplit(".", 1)[-1] for name in layers}
+    known = KNOWN.get(_model_type(model))
+    for candidate in ([tuple(known)] if known else []) + list(ATTENTION_TARGETS):
+        if set(candidate) <= last_parts:
+            return list(candidate)
+    if not layers:
         raise UserError("strategy: no linear or convolution layer outside the head to adapt")
-    return targets
+    return layers
 
 
 def _model_type(model: nn.Module) -> str | None:
