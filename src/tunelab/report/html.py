@@ -71,7 +71,7 @@ def _summary(results: dict) -> str:
     params, best = results["parameters"], results["best"]
     items = {
         "model": results["model_source"],
-        "strategy": results["strategy"],
+        "strategy": results["strategy"] + _details(results.get("strategy_details", {})),
         "trainable parameters": f"{params['trainable']:,} of {params['total']:,} ({params['trainable_percent']:.2f}%)",
         "examples": ", ".join(f"{k} {v}" for k, v in results["examples"].items()),
         "training time": f"{results['train_seconds']:.1f} s, {results['steps']} steps",
@@ -84,6 +84,12 @@ def _summary(results: dict) -> str:
         items["truncated"] = ", ".join(f"{k} {v}" for k, v in results["truncated"].items())
     rows = "".join(f"<tr><td>{escape(k)}</td><td>{escape(str(v))}</td></tr>" for k, v in items.items())
     return f"<table>{rows}</table>"
+
+
+def _details(details: dict) -> str:
+    if not details:
+        return ""
+    return " (" + ", ".join(f"{key}: {value}" for key, value in details.items()) + ")"
 
 
 def _gap(gap: dict) -> str:

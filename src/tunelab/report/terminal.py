@@ -48,6 +48,10 @@ def run_summary_lines(results: dict) -> list[str]:
         f"trained {results['steps']} steps in {results['train_seconds']:.1f} s; "
         f"peak memory {results['peak_memory_mb']:.0f} MB",
     ]
+    stages = results.get("strategy_details", {}).get("trainable_by_stage")
+    if stages:
+        shown = " → ".join(f"{count:,}" for count in stages)
+        lines.append(f"unfrozen in {len(stages)} stages, trainable parameters: {shown}")
     if "saved_model_mb" in results:
         lines.append(f"saved model: {results['saved_model_mb']:.2f} MB")
     gap = results.get("gap", {})
