@@ -28,6 +28,11 @@ class ModelConfig(Section):
         description="minilm | cnn | digits-cnn | a local Hugging Face folder | package.module:function",
     )
     trust_remote_code: bool = False
+    pooling: Literal["auto", "head", "mean", "cls"] = Field(
+        "auto",
+        description="text: how token vectors become one; auto follows a sentence-transformers model's own "
+        "pooling config (mean for all-MiniLM-L6-v2), else transformers' own head",
+    )
     dropout: float | None = Field(None, ge=0.0, lt=1.0, description="override every dropout rate")
     gradient_checkpointing: bool = False
 

@@ -23,10 +23,12 @@ from torch import nn
 
 from tunelab.errors import UserError, first_line
 from tunelab.models.cnn import DemoCNN
+from tunelab.models.pooled import CLASSIFIER_WEIGHTS, PooledClassifier, build_pooled, declared_pooling
 from tunelab.strategies.anatomy import anatomy
 
 log = logging.getLogger(__name__)
 TUNELAB_META = "tunelab.json"
+LABEL_MAP = "label_map.json"
 BUILTIN_MODULES: dict[str, Callable[..., nn.Module]] = {"cnn": DemoCNN}
 DROPOUT_CONFIG_KEYS = (
     "hidden_dropout_prob",
@@ -127,7 +129,9 @@ def _adapted(folder: Path, meta: dict, labels) -> LoadedModel:
     from tunelab.config import RunConfig
     from tunelab.models.adapted import load_adapted
 
-    base = {"task": meta["task"], "model": {"source": meta["base_source"]}, "data": {"train": "unused"}}
+    # A base that was pooled records how; one without the record used transformers' own head.
+    model = {"source": meta["base_source"], "pooling": meta.get("pooling", "head")}
+    base = {"task": meta["task"], "model": model, "data": {"train": "unused"}}
     loaded = load_model(RunConfig.model_validate(base), labels, meta["init_kwargs"].get("in_channels", 3))
     loaded.model = load_adapted(loaded.model, Path(folder), meta)
     loaded.preprocessing = meta.get("preprocessing", {})
@@ -147,6 +151,7 @@ def set_dropout(model: nn.Module, rate: float) -> None:
 
 
 def _enable_gradient_checkpointing(model: nn.Module, source: str) -> None:
+    model = model.encoder if isinstance(model, PooledClassifier) else model
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise UserError(f"model.gradient_checkpointing: {source} does not support gradient checkpointing")
     if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 name; the old one is deprecated
@@ -181,25 +186,31 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
     if config.model.dropout is not None:
         hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         dropout = {key: config.model.dropout for key in DROPOUT_CONFIG_KEYS if isinstance(hf_config.get(key), float)}
+    pooling = _pooling(folder, config)
     try:
-        model, info = auto.from_pretrained(
-            folder,
-            num_labels=len(labels),
-            id2label=labels.id2label,
-            label2id=labels.label2id,
-            ignore_mismatched_sizes=True,
-            trust_remote_code=trust,
-            output_loading_info=True,
-            **dropout,
-        )
+        if pooling is not None:
+            model = build_pooled(folder, len(labels), pooling, trust, dropout)
+            same_task = _saved_label_names(folder, LABEL_MAP) == tuple(labels.names)
+            fresh = [] if same_task and (folder / CLASSIFIER_WEIGHTS).exists() else reset_head(model)
+        else:
+            model, info = auto.from_pretrained(
+                folder,
+                num_labels=len(labels),
+                id2label=labels.id2label,
+                label2id=labels.label2id,
+                ignore_mismatched_sizes=True,
+                trust_remote_code=trust,
+                output_loading_info=True,
+                **dropout,
+            )
+            fresh = sorted(
+                set(info.get("missing_keys", []))
+                | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])}
+            )
+            if not fresh and _saved_label_names(folder) != tuple(labels.names):
+                fresh = reset_head(model)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise UserError(f"model.source: cannot load a model from {folder}: {first_line(error)}") from None
-    fresh = sorted(
-        set(info.get("missing_keys", []))
-        | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])}
-    )
-    if not fresh and _saved_label_names(folder) != tuple(labels.names):
-        fresh = reset_head(model)
     loaded = LoadedModel(model, "hf", str(folder), fresh_head=fresh)
     try:
         if config.task == "text-classification":
@@ -221,10 +232,21 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
     return loaded
 
 
-def _saved_label_names(folder: Path) -> tuple[str, ...]:
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+def _saved_label_names(folder: Path, file: str = "config.json") -> tuple[str, ...]:
+    if not (folder / file).exists():
+        return ()
+    config = json.loads((folder / file).read_text(encoding="utf-8"))
     id2label = config.get("id2label") or {}
     return tuple(id2label[key] for key in sorted(id2label, key=int))
+
+
+def _pooling(folder: Path, config) -> str | None:
+    """``mean`` or ``cls`` for tunelab's pooled classifier; None for transformers' own head."""
+    if config.task != "text-classification" or config.model.pooling == "head":
+        return None
+    if config.model.pooling in ("mean", "cls"):
+        return config.model.pooling
+    return declared_pooling(folder)
 
 
 def reset_head(model: nn.Module) -> list[str]:

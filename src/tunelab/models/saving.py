@@ -14,7 +14,8 @@ from torch import nn
 
 from tunelab.io import write_json
 from tunelab.models.adapted import bottleneck_settings, is_peft, save_adapted
-from tunelab.models.loading import TUNELAB_META, LoadedModel
+from tunelab.models.loading import LABEL_MAP, TUNELAB_META, LoadedModel
+from tunelab.models.pooled import PooledClassifier, save_pooled
 
 FORMAT_VERSION = 1
 
@@ -24,9 +25,12 @@ def save_model(loaded: LoadedModel, model: nn.Module, folder: Path, labels, task
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    adapted = {}
+    base = model.get_base_model() if is_peft(model) else model
+    extra = {"pooling": base.pooling} if isinstance(base, PooledClassifier) else {}
     if is_peft(model) or bottleneck_settings(model) is not None:
-        adapted = save_adapted(model, staging) | {"base_source": loaded.spec}
+        extra |= save_adapted(model, staging) | {"base_source": loaded.spec}
+    elif isinstance(model, PooledClassifier):
+        save_pooled(model, staging)
     elif loaded.kind == "hf":
         model.save_pretrained(staging, safe_serialization=True)
     else:
@@ -34,7 +38,7 @@ def save_model(loaded: LoadedModel, model: nn.Module, folder: Path, labels, task
     for processor in (loaded.tokenizer, loaded.image_processor):
         if processor is not None and loaded.kind == "hf":
             processor.save_pretrained(staging)
-    meta = adapted | {
+    meta = extra | {
         "format_version": FORMAT_VERSION,
         "kind": loaded.kind,
         "source": loaded.source,
@@ -44,7 +48,7 @@ def save_model(loaded: LoadedModel, model: nn.Module, folder: Path, labels, task
         "preprocessing": loaded.preprocessing,
     }
     write_json(staging / TUNELAB_META, meta)
-    write_json(staging / "label_map.json", {"id2label": labels.id2label, "label2id": labels.label2id})
+    write_json(staging / LABEL_MAP, {"id2label": labels.id2label, "label2id": labels.label2id})
     if folder.exists():
         previous = folder.with_name(f".{folder.name}.old")
         shutil.rmtree(previous, ignore_errors=True)

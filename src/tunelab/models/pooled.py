@@ -1,0 +1,83 @@
+"""A text classifier that pools the encoder's tokens the way the model was trained to.
+
+Sentence-transformers models (all-MiniLM-L6-v2 among them) are trained to be read by averaging
+their token vectors, as their ``1_Pooling/config.json`` says; transformers'
+``...ForSequenceClassification`` classes read the first token through a pooler instead, which
+such a model never trained. ``model.pooling: auto`` follows the model's own pooling config;
+``mean`` and ``cls`` force one; ``head`` keeps transformers' own head.
+
+Saved as the encoder in Hugging Face format (``AutoModel.from_pretrained`` loads it) plus
+``classifier.safetensors`` for the head, with the pooling recorded in ``tunelab.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CLASSIFIER_WEIGHTS = "classifier.safetensors"
+POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+
+
+class PooledClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, num_labels: int, pooling: str, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.config = encoder.config  # the encoder's settings (dropout rates, model type) for the rest of tunelab
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def forward(self, input_ids=None, attention_mask=None, **inputs) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).unsqueeze(-1)
+            mask = mask.to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.classifier(self.dropout(pooled))
+
+
+def declared_pooling(folder: Path) -> str | None:
+    """The pooling a folder declares: tunelab's own record, or a sentence-transformers config."""
+    meta = folder / "tunelab.json"
+    if meta.exists():
+        return json.loads(meta.read_text(encoding="utf-8")).get("pooling")
+    pooling_config = folder / "1_Pooling" / "config.json"
+    if not pooling_config.exists():
+        return None
+    settings = json.loads(pooling_config.read_text(encoding="utf-8"))
+    return next((mode for key, mode in POOLING_MODES.items() if settings.get(key)), None)
+
+
+def build_pooled(folder: Path, num_labels: int, pooling: str, trust_remote_code: bool, extra: dict) -> PooledClassifier:
+    """The encoder without transformers' pooler (unused weights would stall DDP), and a head."""
+    from transformers import AutoModel
+
+    try:
+        encoder = AutoModel.from_pretrained(
+            folder, add_pooling_layer=False, trust_remote_code=trust_remote_code, **extra
+        )
+    except TypeError:  # an architecture without that option
+        encoder = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code, **extra)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    dropout = getattr(encoder.config, "classifier_dropout", None) or getattr(encoder.config, "hidden_dropout_prob", 0.1)
+    model = PooledClassifier(encoder, num_labels, pooling, dropout)
+    saved_head = folder / CLASSIFIER_WEIGHTS
+    if saved_head.exists():
+        head = load_file(saved_head)
+        if head["weight"].shape == model.classifier.weight.shape:
+            model.classifier.load_state_dict(head)
+    return model
+
+
+def save_pooled(model: PooledClassifier, staging: Path) -> None:
+    model.encoder.save_pretrained(staging, safe_serialization=True)
+    weights = {name: value.detach().cpu().contiguous() for name, value in model.classifier.state_dict().items()}
+    save_file(weights, str(staging / CLASSIFIER_WEIGHTS))
