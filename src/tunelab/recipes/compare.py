@@ -70,9 +70,13 @@ def run_compare(config: RunConfig, names: list[str], output: Path, console: Cons
         config_file = output / "configs" / f"{name}.yaml"
         config_file.parent.mkdir(exist_ok=True)
         write_atomic(config_file, dump_config(run_config))
+        title = f"[bold]{index}/{len(names)}[/] {name} (lr {run_config.optim.lr:g})"
         if progress:
-            console.print(f"[bold]{index}/{len(names)}[/] {name} (lr {run_config.optim.lr:g}) ...")
-        row = _run_one(name, run_config, config_file, output / name, progress)
+            console.print(title)
+            with console.status(f"{title}: training and evaluating in its own process ..."):
+                row = _run_one(name, run_config, config_file, output / name)
+        else:
+            row = _run_one(name, run_config, config_file, output / name)
         rows.append(row)
         if progress:
             console.print(_one_line(row))
@@ -84,7 +88,7 @@ def run_compare(config: RunConfig, names: list[str], output: Path, console: Cons
     return summary
 
 
-def _run_one(name: str, run_config: RunConfig, config_file: Path, run_dir: Path, progress: bool) -> dict:
+def _run_one(name: str, run_config: RunConfig, config_file: Path, run_dir: Path) -> dict:
     command = [sys.executable, "-m", "tunelab", "train", str(config_file), "--output", str(run_dir), "--json", "-q"]
     started = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True)
