@@ -40,7 +40,7 @@ def row_cells(row: dict, metric: str) -> dict[str, str]:
         "test": value("test"),
         "trainable": _count(row["trainable"]),
         "percent": f"{row['trainable_percent']:.2f}",
-        "seconds": f"{row['train_seconds']:.0f}",
+        "seconds": f"{row['train_seconds']:.1f}" if row["train_seconds"] < 100 else f"{row['train_seconds']:.0f}",
         "memory": f"{row['peak_memory_mb']:.0f}",
         "size": f"{row['checkpoint_mb']:.2f}",
     }

@@ -89,9 +89,10 @@ def metric_vs_trainable(points: list[tuple[str, float, float]], metric: str) -> 
     together: dict[tuple[float, float], list[str]] = {}  # strategies on the same spot share one label
     for name, percent, value in points:
         together.setdefault((round(percent, 2), round(value, 4)), []).append(name)
-    for (percent, value), names in together.items():
+    for index, ((percent, value), names) in enumerate(sorted(together.items())):
         axis.scatter(percent, value)
-        axis.annotate(", ".join(names), (percent, value), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        offset = (4, 4) if index % 2 == 0 else (4, -11)  # neighbours alternate above and below
+        axis.annotate(", ".join(names), (percent, value), textcoords="offset points", xytext=offset, fontsize=8)
     axis.set_xscale("log")
     axis.set_xlabel("trainable parameters (% of total, log scale)")
     axis.set_ylabel(f"validation {metric}")
