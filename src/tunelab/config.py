@@ -79,6 +79,9 @@ STRATEGY_NAMES = (
 )
 
 
+PEFT_METHODS = ("lora", "prefix", "prompt", "ia3")
+
+
 class ProgressiveConfig(Section):
     every: int = Field(1, ge=1, description="unfreeze one more group every this many epochs or steps")
     unit: Literal["epoch", "step"] = "epoch"
@@ -140,6 +143,18 @@ class StrategyConfig(Section):
     def _partial_needs_a_rule(self) -> StrategyConfig:
         if self.name == "partial" and not self.freeze and self.train_last_n_blocks is None:
             raise ValueError("partial needs strategy.freeze patterns or strategy.train_last_n_blocks")
+        return self
+
+    @model_validator(mode="after")
+    def _rates_need_the_model_layout(self) -> StrategyConfig:
+        if self.name in PEFT_METHODS:
+            given = [k for k in ("layer_lr_decay", "head_lr") if getattr(self, k) is not None]
+            given += ["lr_groups"] if self.lr_groups else []
+            if given:
+                raise ValueError(
+                    f"{given[0]} applies to full, partial, progressive, discriminative, bitfit and adapter, "
+                    f"not {self.name}"
+                )
         return self
 
     @field_validator("lr_groups")

@@ -17,6 +17,7 @@ from torch import nn
 from tunelab.errors import UserError, first_line
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
+BASE_STATE = "base_state.safetensors"
 
 
 def is_peft(model: nn.Module) -> bool:
@@ -51,8 +52,16 @@ def without_adapter(model: nn.Module, unwrapped: nn.Module):
             yield model
 
 
-def save_adapted(model: nn.Module, staging: Path) -> dict:
-    """Write the adapter into ``staging``; return what ``tunelab.json`` must record about it."""
+def save_adapted(model: nn.Module, staging: Path, whole_base: bool) -> dict:
+    """Write the adapter into ``staging``; return what ``tunelab.json`` must record about it.
+
+    Beside it goes what the base model's folder cannot give back: the running statistics of its
+    batch norms (they move while an adapter trains), and, for a base without weights on disk
+    (``whole_base``: a built-in or ``module:function`` model), every base weight.
+    """
+    base_state = _base_state(model, whole_base)
+    if base_state:
+        save_file(base_state, str(staging / BASE_STATE))
     if is_peft(model):
         model.save_pretrained(staging, safe_serialization=True)
         return {"peft": str(model.peft_config["default"].peft_type.value)}
@@ -61,8 +70,25 @@ def save_adapted(model: nn.Module, staging: Path) -> dict:
     return {"adapter": bottleneck_settings(model)}
 
 
+def _base_state(model: nn.Module, whole_base: bool) -> dict:
+    """The base model's own tensors under its own names (PEFT's wrappers and the adapter left out)."""
+    from tunelab.strategies.adapter import ADAPTER
+
+    base = model.get_base_model() if is_peft(model) else model
+    buffers = {name for name, _ in base.named_buffers()}
+    adapter_parts = ("lora_", "ia3_", "modules_to_save.", "original_module.", f".{ADAPTER}.")
+    state = {}
+    for name, value in base.state_dict().items():
+        if any(part in name for part in adapter_parts) or not (whole_base or name in buffers):
+            continue
+        state[name.replace(".base_layer.", ".")] = value.detach().cpu().contiguous()
+    return state
+
+
 def load_adapted(model: nn.Module, folder: Path, meta: dict) -> nn.Module:
     """Put the saved adapter of ``folder`` on the freshly built base ``model``."""
+    if (folder / BASE_STATE).exists():
+        _load_checked(model, folder / BASE_STATE)
     if meta.get("peft"):
         from peft import PeftModel
 
@@ -74,16 +100,20 @@ def load_adapted(model: nn.Module, folder: Path, meta: dict) -> nn.Module:
 
     settings = meta["adapter"]
     add_adapters(model, settings["targets"], settings["reduction_factor"], settings["activation"])
-    weights_file = folder / ADAPTER_WEIGHTS
+    _load_checked(model, folder / ADAPTER_WEIGHTS)
+    return model
+
+
+def _load_checked(model: nn.Module, weights_file: Path) -> None:
     try:
         saved = load_file(weights_file)
     except Exception as error:  # safetensors raises its own error types for damaged or missing files
         raise UserError(f"cannot read {weights_file}: {first_line(error)}") from None
-    unknown = sorted(set(saved) - set(model.state_dict()))
-    if unknown:
-        raise UserError(f"{weights_file} has weights the model does not: {unknown[:3]}")
+    own = model.state_dict()
+    unfit = sorted(name for name in saved if name not in own or own[name].shape != saved[name].shape)
+    if unfit:
+        raise UserError(f"{weights_file} has weights the model does not: {unfit[:3]}")
     model.load_state_dict(saved, strict=False)
-    return model
 
 
 def merge(model: nn.Module) -> nn.Module:

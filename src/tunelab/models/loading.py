@@ -29,6 +29,7 @@ from tunelab.strategies.anatomy import anatomy
 log = logging.getLogger(__name__)
 TUNELAB_META = "tunelab.json"
 LABEL_MAP = "label_map.json"
+BUILD_KEYWORDS = {"num_labels", "in_channels"}
 BUILTIN_MODULES: dict[str, Callable[..., nn.Module]] = {"cnn": DemoCNN}
 DROPOUT_CONFIG_KEYS = (
     "hidden_dropout_prob",
@@ -79,6 +80,11 @@ def load_model(config, labels, channels: int = 3) -> LoadedModel:
             raise UserError(
                 f"model.source: '{source}' is not a folder, a built-in (minilm, cnn, digits-cnn) "
                 "or package.module:function"
+            )
+        if (folder / TUNELAB_META).exists() and "base_source" in read_meta(folder):
+            raise UserError(
+                f"model.source: {folder} holds an adapter only; write a full model with "
+                f"`tunelab export RUN_DIR --merge -o DIR` and use that folder"
             )
         if (folder / TUNELAB_META).exists() and read_meta(folder)["kind"] == "module":
             loaded = _saved_module(folder, labels)
@@ -246,6 +252,8 @@ def _pooling(folder: Path, config) -> str | None:
         return None
     if config.model.pooling in ("mean", "cls"):
         return config.model.pooling
+    if config.strategy.name in ("prefix", "prompt"):  # virtual tokens go through transformers' own head
+        return None
     return declared_pooling(folder)
 
 
@@ -314,6 +322,10 @@ def _saved_module(folder: Path, labels) -> LoadedModel:
     """Rebuild a module tunelab saved; weights whose shape no longer fits (the head) start fresh."""
     meta = read_meta(folder)
     init_kwargs = dict(meta["init_kwargs"])
+    # tunelab.json names code to call: it may pass only what tunelab itself passes, as integers, so a
+    # planted file cannot call an arbitrary function with arguments of its choosing.
+    if not set(init_kwargs) <= BUILD_KEYWORDS or not all(type(v) is int for v in init_kwargs.values()):
+        raise UserError(f"{folder / TUNELAB_META}: init_kwargs may only hold integer {sorted(BUILD_KEYWORDS)}")
     if "num_labels" in init_kwargs:
         init_kwargs["num_labels"] = len(labels)
     builder = BUILTIN_MODULES.get(meta["source"])

@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tunelab.errors import UserError
+
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
 
@@ -47,12 +49,22 @@ def declared_pooling(folder: Path) -> str | None:
     """The pooling a folder declares: tunelab's own record, or a sentence-transformers config."""
     meta = folder / "tunelab.json"
     if meta.exists():
-        return json.loads(meta.read_text(encoding="utf-8")).get("pooling")
+        return _read_json(meta).get("pooling")
     pooling_config = folder / "1_Pooling" / "config.json"
     if not pooling_config.exists():
         return None
-    settings = json.loads(pooling_config.read_text(encoding="utf-8"))
+    settings = _read_json(pooling_config)
     return next((mode for key, mode in POOLING_MODES.items() if settings.get(key)), None)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: damaged (not valid JSON)") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: damaged (not a JSON object)")
+    return loaded
 
 
 def build_pooled(folder: Path, num_labels: int, pooling: str, trust_remote_code: bool, extra: dict) -> PooledClassifier:

@@ -28,7 +28,7 @@ def save_model(loaded: LoadedModel, model: nn.Module, folder: Path, labels, task
     base = model.get_base_model() if is_peft(model) else model
     extra = {"pooling": base.pooling} if isinstance(base, PooledClassifier) else {}
     if is_peft(model) or bottleneck_settings(model) is not None:
-        extra |= save_adapted(model, staging) | {"base_source": loaded.spec}
+        extra |= save_adapted(model, staging, whole_base=loaded.kind == "module") | {"base_source": loaded.spec}
     elif isinstance(model, PooledClassifier):
         save_pooled(model, staging)
     elif loaded.kind == "hf":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tunelab.config import STRATEGY_NAMES, RunConfig, dump_config, validate
+from tunelab.config import PEFT_METHODS, STRATEGY_NAMES, RunConfig, dump_config, validate
 from tunelab.errors import UserError
 from tunelab.io import read_jsonl, write_atomic, write_json
 from tunelab.rundir import METRICS, REPORT
@@ -56,10 +56,21 @@ def strategy_config(config: RunConfig, name: str) -> RunConfig:
     strategy = raw["strategy"] | {"name": name}
     if name == "partial" and not strategy["freeze"] and strategy["train_last_n_blocks"] is None:
         strategy |= PARTIAL_DEFAULT
-    strategy |= config.compare.options.get(name, {})
-    raw["strategy"] = strategy
+    if name in PEFT_METHODS:  # per-layer rates need the model's own layout, which PEFT wraps
+        strategy |= {"layer_lr_decay": None, "head_lr": None, "lr_groups": {}}
+    raw["strategy"] = _merged(strategy, config.compare.options.get(name, {}))
     raw["optim"]["lr"] = config.compare.lr.get(name, min(10.0, config.optim.lr * LR_FACTOR[name]))
     return validate(raw, source=f"compare ({name})")
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` applied key by key, nested sections merged rather than replaced."""
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = (
+            _merged(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
+    return merged
 
 
 def run_compare(config: RunConfig, names: list[str], output: Path, console: Console, progress: bool) -> dict:

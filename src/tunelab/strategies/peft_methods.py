@@ -26,9 +26,18 @@ class PeftStrategy(Strategy):
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import get_peft_model
 
+        if self.needs_transformer and type(model).__name__ == "PooledClassifier":
+            raise UserError(
+                f"strategy {self.name}: virtual tokens need transformers' own classification head; "
+                "set model.pooling: head"
+            )
         if self.needs_transformer and not _is_text_transformer(model):
             raise UserError(f"strategy {self.name}: needs a Hugging Face text transformer model")
-        to_save = sorted(set(anatomy(model).head) | _modules_of(model, self.fresh))
+        head = anatomy(model).head
+        # Fresh weights inside the head are saved with it; naming their own modules as well would
+        # nest PEFT wrappers, and the copy the forward pass uses would stay frozen (RoBERTa's head).
+        outside_head = {m for m in _modules_of(model, self.fresh) if not any(_within(m, h) for h in head)}
+        to_save = sorted(set(head) | outside_head)
         try:
             return get_peft_model(model, self.peft_config(model, to_save))
         except (ValueError, TypeError) as error:
@@ -81,7 +90,9 @@ class Ia3Strategy(PeftStrategy):
         ia3 = self.config.ia3
         model_type = _model_type(model)
         targets = ia3.target_modules or TARGETS.get(model_type)
-        feedforward = ia3.feedforward_modules if ia3.feedforward_modules is not None else FEEDFORWARD.get(model_type)
+        feedforward = ia3.feedforward_modules
+        if feedforward is None:  # PEFT's default list, kept to the targets (it must be a subset of them)
+            feedforward = [m for m in FEEDFORWARD.get(model_type) or [] if targets and m in targets]
         if targets is None:  # not a model PEFT knows: scale every linear layer, none as feed-forward input
             targets, feedforward = lora_targets(model, modules_to_save), []
         return IA3Config(
@@ -168,6 +179,10 @@ def _modules_of(model: nn.Module, parameter_names: list[str]) -> set[str]:
         if owner and owner != name and _has_module(model, owner):
             owners.add(owner)
     return owners
+
+
+def _within(module: str, ancestor: str) -> bool:
+    return module == ancestor or module.startswith(ancestor + ".")
 
 
 def _has_module(model: nn.Module, name: str) -> bool:
