@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from tunelab.errors import UserError
 
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--output", "-o", help="comparison directory (default: runs/<config name>-compare)")
     compare.add_argument("--overwrite", action="store_true", help="replace an existing comparison directory")
     _common(compare)
+
+    audit = commands.add_parser("audit", help="check the data before training: balance, duplicates, leakage, ...")
+    audit.add_argument("config", help="YAML run config (its data section is audited)")
+    _overrides(audit)
+    audit.add_argument("--output", "-o", help="where audit.json goes (default: runs/<config name>-audit)")
+    _common(audit)
 
     export = commands.add_parser("export", help="write a run's model as a standalone model folder")
     export.add_argument("run_dir")
@@ -184,6 +191,31 @@ def cmd_compare(args) -> dict:
     return summary
 
 
+def cmd_audit(args) -> dict:
+    from tunelab.config import load_config
+    from tunelab.data.audit import audit
+    from tunelab.io import write_json
+    from tunelab.models.loading import load_tokenizer
+    from tunelab.recipes.runtime import quiet_libraries
+    from tunelab.report.terminal import audit_table
+
+    quiet_libraries()
+    config = load_config(args.config, args.overrides)
+    report = audit(config, load_tokenizer(config) if config.task == "text-classification" else None)
+    output = Path(args.output or f"runs/{Path(args.config).stem}-audit")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"output: cannot create {output}: {error.strerror or error}") from None
+    write_json(output / "audit.json", report)
+    if not args.json:
+        stdout.print(audit_table(report))
+        for line in report["warnings"]:
+            stderr.print(f"[yellow]warning:[/] {escape(line)}")
+        stdout.print(f"audit: {output / 'audit.json'}")
+    return report
+
+
 def cmd_export(args) -> dict:
     from tunelab.recipes.export import run_export
 
@@ -223,6 +255,7 @@ COMMANDS = {
     "train": cmd_train,
     "compare": cmd_compare,
     "export": cmd_export,
+    "audit": cmd_audit,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "demo": cmd_demo,

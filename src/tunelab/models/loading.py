@@ -108,6 +108,21 @@ def load_model(config, labels, channels: int = 3) -> LoadedModel:
     return loaded
 
 
+def load_tokenizer(config):
+    """The tokenizer of ``config.model.source`` without building the model, or None when only the
+    model itself brings one (``module:function``, built-ins)."""
+    from transformers import AutoTokenizer
+
+    source = config.model.source
+    folder = _minilm_folder() if source == "minilm" else Path(source)
+    if not folder.is_dir() or not any((folder / name).exists() for name in ("tokenizer.json", "vocab.txt")):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=config.model.trust_remote_code)
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"model.source: cannot load the tokenizer in {folder}: {first_line(error)}") from None
+
+
 def load_saved_model(folder: Path, config=None) -> LoadedModel:
     """Reload a model folder tunelab wrote, with its own label map."""
     from tunelab.data.labels import LabelMap

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 
 from tunelab.report.html import SHOWN_METRICS
@@ -81,4 +82,30 @@ def predictions_table(rows: list[dict], limit: int = 20) -> Table:
     for row in rows[:limit]:
         shown = str(row["input"])
         table.add_row(shown if len(shown) <= 70 else shown[:67] + "...", row["label"], f"{row['probability']:.3f}")
+    return table
+
+
+def audit_table(report: dict) -> Table:
+    """One row per split: size, balance and each kind of problem found."""
+    table = Table(title="data audit", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True)
+    headers = ("split", "rows", "classes", "imbalance", "empty", "dup", "near\ndup", "too\nlong", "bad\nimgs")
+    for title in headers:
+        table.add_column(title, justify="left" if title == "split" else "right", no_wrap=True)
+    for role, found in report["splits"].items():
+        ratio = found["imbalance_ratio"]
+        table.add_row(
+            role,
+            str(found["rows"]),
+            str(len(found["labels"])),
+            "–" if ratio is None else f"{ratio:.1f}:1",
+            str(found.get("empty_text", {}).get("count", "–")),
+            str(found["exact_duplicates"]["extra_copies"]),
+            str(found.get("near_duplicates", {}).get("count", "–")),
+            str(found.get("tokens", {}).get("over_max_length", {}).get("count", "–")),
+            str(len(found["undecodable"])) if "undecodable" in found else "–",
+        )
+    for role, found in report["leakage"].items():
+        near = found.get("near", {}).get("count", "–")
+        # Leakage: rows of this split found in train, exactly ("dup") or nearly ("near dup").
+        table.add_row(f"{role} ∩ train", "", "", "", "", str(found["exact"]["count"]), str(near), "", "")
     return table

@@ -1,0 +1,82 @@
+"""`tunelab audit` finds every planted fault: duplicates, near-duplicates, leaks, imbalance,
+rows too long for max_length, undecodable images."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from PIL import Image
+
+from tunelab.cli import main
+from tunelab.config import validate
+from tunelab.data.audit import audit
+
+WORDS = [
+    "actor", "plot", "scene", "music", "story", "camera", "light",
+    "dialogue", "ending", "pace", "humour", "drama", "cast", "script",
+]  # fmt: skip
+
+
+def sentence(rng: random.Random, length: int = 8) -> str:
+    return " ".join(rng.choice(WORDS) + str(rng.randrange(1000)) for _ in range(length))
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """A train/test pair with known faults, each planted a known number of times."""
+    rng = random.Random(0)
+    train = [(sentence(rng), "pos") for _ in range(100)] + [(sentence(rng), "neg") for _ in range(5)]  # 1:20
+    originals = [train[i][0] for i in range(5)]
+    train += [(text, "pos") for text in originals]  # 5 exact duplicates
+    near_sources = [train[i][0] for i in range(10, 15)]
+    train += [(text.upper() + " !", "pos") for text in near_sources[:3]]  # near: case and punctuation
+    train += [(text.replace(text.split()[0], "film"), "pos") for text in near_sources[3:]]  # one word changed
+    train += [(sentence(rng, 200), "pos") for _ in range(4)]  # too long for max_length 64
+    test = [(sentence(rng), "pos") for _ in range(20)] + [(train[i][0], "pos") for i in range(30, 33)]  # 3 leaks
+    for name, rows in (("train", train), ("test", test)):
+        (tmp_path / f"{name}.csv").write_text("text,label\n" + "\n".join(f"{t},{y}" for t, y in rows) + "\n")
+    return tmp_path
+
+
+def test_every_planted_text_fault_is_found(planted, tiny_bert, write_config, capsys):
+    config = {
+        "model": {"source": str(tiny_bert)},
+        "data": {"train": str(planted / "train.csv"), "test": str(planted / "test.csv"), "max_length": 64},
+    }
+    from tunelab.models.loading import load_tokenizer
+
+    report = audit(validate(config), load_tokenizer(validate(config)))
+    train = report["splits"]["train"]
+    assert train["exact_duplicates"]["extra_copies"] == 5
+    assert train["near_duplicates"]["count"] == 5
+    assert train["imbalance_ratio"] == pytest.approx(114 / 5)  # 100 + 14 planted positives vs 5 negatives
+    assert train["tokens"]["over_max_length"]["count"] == 4
+    assert report["leakage"]["test"]["exact"]["count"] == 3
+    assert report["leakage"]["test"]["exact"]["rows"] == [21, 22, 23]
+    assert any("leakage: 3 test rows" in w for w in report["warnings"])
+    assert any("imbalanced 23:1" in w for w in report["warnings"])
+    assert report["splits"]["test"]["exact_duplicates"]["extra_copies"] == 0
+
+    code = main(["audit", str(write_config(config)), "-o", str(planted / "audit")])
+    captured = capsys.readouterr()
+    assert code == 0 and "data audit" in captured.out and "leakage: 3 test rows" in captured.err
+    assert json.loads((planted / "audit" / "audit.json").read_text())["leakage"]["test"]["exact"]["count"] == 3
+
+
+def test_undecodable_images_and_copies_are_found(tmp_path):
+    root = tmp_path / "images"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for index in range(4):
+            Image.new("RGB", (8, 8), (index * 40, 10 if label == "a" else 200, 0)).save(root / label / f"{index}.png")
+    for index in range(3):
+        (root / "a" / f"broken{index}.png").write_bytes(b"\x89PNG not really %d" % index)
+    (root / "b" / "copy.png").write_bytes((root / "b" / "0.png").read_bytes())
+    report = audit(validate({"task": "image-classification", "model": {"source": "cnn"}, "data": {"train": str(root)}}))
+    found = report["splits"]["train"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in found["undecodable"]) == ["broken0.png", "broken1.png", "broken2.png"]
+    assert found["exact_duplicates"]["extra_copies"] == 1
+    assert found["labels"] == {"a": 7, "b": 5}
+    assert any("3 images cannot be decoded" in w for w in report["warnings"])
