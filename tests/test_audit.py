@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -80,3 +81,30 @@ def test_undecodable_images_and_copies_are_found(tmp_path):
     assert found["exact_duplicates"]["extra_copies"] == 1
     assert found["labels"] == {"a": 7, "b": 5}
     assert any("3 images cannot be decoded" in w for w in report["warnings"])
+
+
+def test_flipped_labels_rank_as_the_top_suspects():
+    from tunelab.data.label_issues import label_suspects
+
+    rng = np.random.default_rng(0)
+    labels = ["pos" if i % 2 else "neg" for i in range(400)]
+    centres = {"pos": np.ones(8), "neg": -np.ones(8)}
+    features = np.stack([centres[y] + rng.normal(0, 0.7, 8) for y in labels])
+    flipped = [3, 50, 120, 260, 399]
+    for row in flipped:
+        labels[row] = "neg" if labels[row] == "pos" else "pos"
+    found = label_suspects(features, labels)
+    assert found["probe_accuracy"] > 0.95
+    assert sorted(found["top_tenth"][:5]) == [row + 1 for row in flipped]  # 1-based rows, most suspect first
+    first = found["suspects"][0]
+    assert first["given"] != first["suggested"] and first["row"] - 1 in flipped
+
+
+def test_the_cli_audit_probes_labels_with_the_base_model(planted, tiny_bert, write_config, capsys):
+    config = {"model": {"source": str(tiny_bert)}, "data": {"train": str(planted / "train.csv"), "max_length": 64}}
+    assert main(["audit", str(write_config(config)), "-o", str(planted / "audit"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    found = report["label_errors"]
+    assert found["rows_probed"] == report["splits"]["train"]["rows"]
+    assert len(found["top_tenth"]) == -(-found["rows_probed"] // 10)
+    assert all(1 <= row <= found["rows_probed"] for row in found["top_tenth"])

@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("config", help="YAML run config (its data section is audited)")
     _overrides(audit)
     audit.add_argument("--output", "-o", help="where audit.json goes (default: runs/<config name>-audit)")
+    audit.add_argument(
+        "--probe-rows",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="train rows the label-error probe scores (default 10000; 0 skips it)",
+    )
     _common(audit)
 
     export = commands.add_parser("export", help="write a run's model as a standalone model folder")
@@ -197,11 +204,15 @@ def cmd_audit(args) -> dict:
     from tunelab.io import write_json
     from tunelab.models.loading import load_tokenizer
     from tunelab.recipes.runtime import quiet_libraries
-    from tunelab.report.terminal import audit_table
+    from tunelab.report.terminal import audit_table, suspects_table
 
     quiet_libraries()
     config = load_config(args.config, args.overrides)
-    report = audit(config, load_tokenizer(config) if config.task == "text-classification" else None)
+    tokenizer = load_tokenizer(config) if config.task == "text-classification" else None
+    features = None
+    if tokenizer is not None and args.probe_rows > 0:
+        features = _feature_extractor(config, not args.json)
+    report = audit(config, tokenizer, features, args.probe_rows)
     output = Path(args.output or f"runs/{Path(args.config).stem}-audit")
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -210,10 +221,29 @@ def cmd_audit(args) -> dict:
     write_json(output / "audit.json", report)
     if not args.json:
         stdout.print(audit_table(report))
+        if report.get("label_errors", {}).get("suspects"):
+            stdout.print(suspects_table(report["label_errors"]))
         for line in report["warnings"]:
             stderr.print(f"[yellow]warning:[/] {escape(line)}")
         stdout.print(f"audit: {output / 'audit.json'}")
     return report
+
+
+def _feature_extractor(config, show: bool):
+    """texts -> the base model's mean-pooled features, with a progress bar."""
+    from rich.progress import Progress
+
+    from tunelab.data.label_issues import text_features
+    from tunelab.data.labels import LabelMap
+    from tunelab.models import load_model
+
+    def extract(texts: list[str]):
+        loaded = load_model(config, LabelMap(("a", "b")))  # the head is not used
+        with Progress(console=stderr, disable=not show, transient=True) as progress:
+            task = progress.add_task("base-model features for the label-error probe", total=len(texts))
+            return text_features(loaded, texts, config.data.max_length, advance=lambda n: progress.advance(task, n))
+
+    return extract
 
 
 def cmd_export(args) -> dict:

@@ -30,8 +30,10 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
-def audit(config: RunConfig, tokenizer=None) -> dict:
-    """Every finding for every split of ``config.data``; ``tokenizer`` adds token lengths."""
+def audit(config: RunConfig, tokenizer=None, features=None, probe_rows: int = 10_000) -> dict:
+    """Every finding for every split of ``config.data``. ``tokenizer`` adds token lengths;
+    ``features`` (texts -> base-model feature vectors) adds suspected label errors in train,
+    probed on up to ``probe_rows`` rows drawn at random."""
     data = config.data
     paths = {role: getattr(data, role) for role in ("train", "validation", "test") if getattr(data, role)}
     if data.train == "digits":
@@ -45,8 +47,28 @@ def audit(config: RunConfig, tokenizer=None) -> dict:
         for role in ("validation", "test"):
             if role in splits and splits[role]["kind"] == splits["train"]["kind"]:
                 report["leakage"][role] = _leakage(splits["train"], splits[role])
+    if features is not None and splits["train"]["kind"] == "text":
+        report["label_errors"] = _label_errors(splits["train"], features, probe_rows, config.seed)
     report["warnings"] = warnings(report)
     return report
+
+
+def _label_errors(train: dict, features, probe_rows: int, seed: int) -> dict:
+    from tunelab.data.label_issues import label_suspects
+
+    usable = [i for i, (t, y) in enumerate(zip(train["inputs"], train["labels"], strict=True)) if t.strip() and y]
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(usable, size=probe_rows, replace=False).tolist()) if len(usable) > probe_rows else usable
+    found = label_suspects(features([train["inputs"][i] for i in chosen]), [train["labels"][i] for i in chosen], seed)
+    if "skipped" in found:
+        return found
+    to_file_row = {position + 1: chosen[position] + 1 for position in range(len(chosen))}
+    found["rows_probed"] = len(chosen)
+    found["top_tenth"] = [to_file_row[row] for row in found["top_tenth"]]
+    for suspect in found["suspects"]:
+        suspect["row"] = to_file_row[suspect["row"]]
+        suspect["text"] = train["inputs"][suspect["row"] - 1][:200]
+    return found
 
 
 def _read(path: str, role: str, config: RunConfig) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from tunelab.report.html import SHOWN_METRICS
@@ -108,4 +109,20 @@ def audit_table(report: dict) -> Table:
         near = found.get("near", {}).get("count", "–")
         # Leakage: rows of this split found in train, exactly ("dup") or nearly ("near dup").
         table.add_row(f"{role} ∩ train", "", "", "", "", str(found["exact"]["count"]), str(near), "", "")
+    return table
+
+
+def suspects_table(found: dict, limit: int = 10) -> Table:
+    title = (
+        f"suspected label errors in train (probe on base-model features, out-of-fold accuracy "
+        f"{found['probe_accuracy']:.3f} on {found['rows_probed']} rows)"
+    )
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("row", "given", "suggested", "quality", "text"):
+        table.add_column(column, justify="right" if column in ("row", "quality") else "left")
+    for suspect in found["suspects"][:limit]:
+        table.add_row(
+            str(suspect["row"]), suspect["given"], suspect["suggested"], f"{suspect['quality']:.3f}",
+            escape(suspect["text"][:60]),
+        )  # fmt: skip
     return table
