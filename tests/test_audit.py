@@ -108,3 +108,32 @@ def test_the_cli_audit_probes_labels_with_the_base_model(planted, tiny_bert, wri
     assert found["rows_probed"] == report["splits"]["train"]["rows"]
     assert len(found["top_tenth"]) == -(-found["rows_probed"] // 10)
     assert all(1 <= row <= found["rows_probed"] for row in found["top_tenth"])
+
+
+MALFORMED = {
+    "ragged.csv": ("text,label\ngood movie,pos\nbad,neg,extra\nfine,pos\n", "Expected 2 fields in line 3, saw 3"),
+    "broken.jsonl": (
+        '{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"\n',
+        "broken.jsonl line 2 is not valid JSON",
+    ),
+    "nolabel.csv": ("text,sentiment\ngood,pos\nbad,neg\n", "column 'label' not in"),
+    "mixed.jsonl": (
+        '{"text": "good", "label": 1}\n{"text": "bad", "label": "neg"}\n{"text": "ok", "label": 1}\n',
+        "column 'label' of {path} mixes numbers (first at data row 1) and text (first at data row 2)",
+    ),
+    "mixed.csv": ("text,label\ngood,pos\nbad,0\nok,pos\n", "mixes numbers (first at data row 2) and text (first at"),
+}
+
+
+@pytest.mark.parametrize("command", ["audit", "train"])
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_files_name_the_file_and_line(name, command, tiny_bert, write_config, tmp_path, capsys):
+    content, expected = MALFORMED[name]
+    path = tmp_path / name
+    path.write_text(content)
+    config = write_config({"model": {"source": str(tiny_bert)}, "data": {"train": str(path)}})
+    argv = [command, str(config), "-o", str(tmp_path / "out")] + (["--probe-rows", "0"] if command == "audit" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: data.train:") and "\n" not in err and "Traceback" not in err
+    assert expected.format(path=path) in err and str(path) in err

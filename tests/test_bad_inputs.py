@@ -208,7 +208,7 @@ DATA_FILES = {
         "train.jsonl",
         b'{"text": "a", "label": "pos"}\n{"text": \n',
         {},
-        ["data.train", "train.jsonl", "cannot parse"],
+        ["data.train", "train.jsonl", "line 2 is not valid JSON"],
     ),
     "jsonl-of-lists": ("train", "lists.jsonl", b"[1, 2]\n[3, 4]\n", {}, ["data.train", "lists.jsonl"]),
     "ragged-csv": ("train", "ragged.csv", b"text,label\na,pos\nb,neg,extra,more\n", {}, ["data.train", "ragged.csv"]),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.config import RunConfig
-from tunelab.data.readers import IMAGE_SUFFIXES, read_table
+from tunelab.data.readers import IMAGE_SUFFIXES, check_label_types, read_table
 from tunelab.errors import UserError
 
 NEAR_SIMILARITY = 0.8  # cosine of character n-gram vectors: one word changed in eight scores ~0.88
@@ -88,6 +88,7 @@ def _read(path: str, role: str, config: RunConfig) -> dict:
             raise UserError(
                 f"{where}: column '{column}' not in {path}; columns are: {', '.join(map(str, frame.columns))}"
             )
+    check_label_types(frame[data.label_column].tolist(), data.label_column, where, path)
     texts = ["" if _blank(value) else str(value) for value in frame[data.text_column].tolist()]
     labels = ["" if _blank(value) else str(value).strip() for value in frame[data.label_column].tolist()]
     return {"kind": "text", "inputs": texts, "labels": labels, "path": str(path)}

@@ -6,6 +6,7 @@ unparseable content) becomes a one-line :class:`UserError` naming the file.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +59,52 @@ def read_table(path: str | Path, where: str) -> pd.DataFrame:
     except UnicodeDecodeError as error:
         raise UserError(f"{where}: {path} is not UTF-8 text (bad byte at offset {error.start})") from None
     except (ValueError, pd.errors.ParserError, OSError) as error:
+        if kind == "jsonl":
+            _name_bad_json_line(path, where)
         raise UserError(f"{where}: cannot parse {path}: {first_line(error)}") from None
     if frame.empty:
         raise UserError(f"{where}: {path} has no data rows")
     return frame
+
+
+def _name_bad_json_line(path: Path, where: str) -> None:
+    """Raise naming the first line of a JSONL file that is not a JSON object."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                parsed = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UserError(f"{where}: {path} line {number} is not valid JSON ({error.msg})") from None
+            if not isinstance(parsed, dict):
+                raise UserError(f"{where}: {path} line {number} is not a JSON object") from None
+
+
+def check_label_types(labels: list, label_column: str, where: str, path) -> None:
+    """A label column holds numbers or words, not both: "1" beside "pos" is almost always a mistake."""
+    kinds = {}
+    for row, label in enumerate(labels, start=1):
+        if _is_blank(label):
+            continue
+        kinds.setdefault("number" if _is_number(label) else "text", row)
+    if len(kinds) > 1:
+        raise UserError(
+            f"{where}: column '{label_column}' of {path} mixes numbers (first at data row {kinds['number']}) "
+            f"and text (first at data row {kinds['text']}); use one kind of label"
+        )
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def table_split(
@@ -82,6 +125,7 @@ def table_split(
     texts = _text_column(frame, text_column, where, path)
     inputs = list(zip(texts, _text_column(frame, pair_column, where, path), strict=True)) if pair_column else texts
     labels = frame[label_column].tolist()
+    check_label_types(labels, label_column, where, path)
     missing = [row for row, label in enumerate(labels) if _is_blank(label)]
     if missing:
         raise UserError(
