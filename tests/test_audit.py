@@ -137,3 +137,22 @@ def test_malformed_files_name_the_file_and_line(name, command, tiny_bert, write_
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: data.train:") and "\n" not in err and "Traceback" not in err
     assert expected.format(path=path) in err and str(path) in err
+
+
+def test_train_warns_about_leakage_and_imbalance_before_it_starts(planted, tiny_bert, tmp_path, capsys):
+    from tunelab.recipes.train import run_training
+    from tunelab.rundir import prepare_run_dir
+
+    config = {
+        "model": {"source": str(tiny_bert)},
+        "data": {"train": str(planted / "train.csv"), "test": str(planted / "test.csv"), "max_length": 64},
+        "train": {"max_steps": 1, "batch_size": 8},
+        "evaluate": {"base": False},
+    }
+    results = run_training(validate(config), prepare_run_dir(tmp_path / "run", False), progress=False)
+    err = capsys.readouterr().err
+    assert "leakage: 3 of 23 test rows also appear in train" in err
+    # The held-out validation split catches copies of the planted duplicates: leakage as well.
+    assert "validation rows also appear in train" in err
+    assert "train: classes are imbalanced 26:1" in err
+    assert len(results["data_warnings"]) == 3

@@ -216,3 +216,30 @@ def warnings(report: dict) -> list[str]:
         if found.get("undecodable"):
             said.append(f"{role}: {len(found['undecodable'])} images cannot be decoded")
     return said
+
+
+def quick_checks(splits: dict) -> list[str]:
+    """The cheap part of the audit, run before every training run: train rows repeated in
+    validation or test, and heavy class imbalance. ``splits`` maps role -> RawSplit."""
+    said = []
+    train = splits.get("train")
+    if train is None or len(train.inputs) == 0 or not isinstance(train.inputs[0], str | tuple | Path):
+        return said  # built-in data (arrays) is known to be clean
+    key = _file_hash if isinstance(train.inputs[0], Path) else _text_key
+    seen = {key(item) for item in train.inputs}
+    for role in ("validation", "test"):
+        if role in splits:
+            leaked = sum(1 for item in splits[role].inputs if key(item) in seen)
+            if leaked:
+                said.append(
+                    f"leakage: {leaked} of {len(splits[role].inputs)} {role} rows also appear in train, "
+                    "so their scores overstate what the model learned (`tunelab audit` lists them)"
+                )
+    counts = sorted(Counter(train.labels).values())
+    if counts and counts[-1] / counts[0] >= HEAVY_IMBALANCE:
+        said.append(f"train: classes are imbalanced {counts[-1] / counts[0]:.0f}:1 (largest to smallest)")
+    return said
+
+
+def _text_key(item) -> str:
+    return " \t ".join(normalise(part) for part in item) if isinstance(item, tuple) else normalise(item)

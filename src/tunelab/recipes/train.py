@@ -12,6 +12,7 @@ from torch.utils.data import Subset
 
 from tunelab.config import RunConfig, dump_config
 from tunelab.data import prepare_data, read_data
+from tunelab.data.audit import quick_checks
 from tunelab.data.collate import make_collate
 from tunelab.engine.callbacks import BestWeights, EarlyStopping, MetricsFile, ProgressBar, TrainState
 from tunelab.engine.checkpoint import Checkpointer, load_latest, truncate_lines
@@ -46,11 +47,15 @@ def run_training(
     build_cached(config.model.source)
     accelerator = make_accelerator(config.train)
     main = accelerator.is_main_process
+    warn = _warner(console, main)
     if main and not resume:
         write_atomic(run_dir / CONFIG, dump_config(config))
     set_seed(config.seed)
 
     raw = read_data(config)
+    data_warnings = quick_checks(raw.splits) if not resume else []
+    for line in data_warnings:
+        warn(line)
     loaded = load_model(config, raw.labels, raw.channels)
     data = prepare_data(raw, loaded, config)
     strategy = build_strategy(config.strategy, loaded.fresh_head)
@@ -87,7 +92,6 @@ def run_training(
         early_stopping = EarlyStopping(config.train.metric, stopping.patience, stopping.min_delta)
     stateful = {"strategy": strategy} | ({"early_stopping": early_stopping} if early_stopping else {})
 
-    warn = _warner(console, main)
     restored = load_latest(run_dir / CHECKPOINTS, accelerator, model, optimizer, scheduler, warn) if resume else None
     if resume and restored is None:
         warn("no usable checkpoint to resume from; starting the run from the beginning")
@@ -159,6 +163,7 @@ def run_training(
         "examples": {name: len(ds) for name, ds in data.datasets.items()},
         "truncated": data.truncated,
         "data_notes": data.notes,
+        "data_warnings": data_warnings,
         "fresh_head": loaded.fresh_head,
         "parameters": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
         "base": base,
