@@ -64,6 +64,8 @@ def test_every_planted_text_fault_is_found(planted, tiny_bert, write_config, cap
     captured = capsys.readouterr()
     assert code == 0 and "data audit" in captured.out and "leakage: 3 test rows" in captured.err
     assert json.loads((planted / "audit" / "audit.json").read_text())["leakage"]["test"]["exact"]["count"] == 3
+    page = (planted / "audit" / "audit.html").read_text()
+    assert page.count("<img") == 2 and "leakage: 3 test rows" in page and "Suspected label errors" in page
 
 
 def test_undecodable_images_and_copies_are_found(tmp_path):

@@ -219,13 +219,16 @@ def cmd_audit(args) -> dict:
     except OSError as error:
         raise UserError(f"output: cannot create {output}: {error.strerror or error}") from None
     write_json(output / "audit.json", report)
+    from tunelab.report.audit_page import write_audit_page
+
+    write_audit_page(report, output / "audit.html")
     if not args.json:
         stdout.print(audit_table(report))
         if report.get("label_errors", {}).get("suspects"):
             stdout.print(suspects_table(report["label_errors"]))
         for line in report["warnings"]:
             stderr.print(f"[yellow]warning:[/] {escape(line)}")
-        stdout.print(f"audit: {output / 'audit.json'}")
+        stdout.print(f"audit: {output / 'audit.json'}   report: {output / 'audit.html'}")
     return report
 
 

@@ -125,8 +125,14 @@ def _split_findings(split: dict, tokenizer, max_length: int) -> dict:
             "max": int(lengths.max()),
             "max_length": max_length,
             "over_max_length": _rows(np.flatnonzero(lengths > max_length).tolist()),
+            "histogram": _histogram(lengths),
         }
     return found
+
+
+def _histogram(lengths: np.ndarray) -> dict:
+    counts, edges = np.histogram(lengths, bins=min(30, max(1, int(lengths.max() - lengths.min()) + 1)))
+    return {"counts": counts.tolist(), "edges": edges.tolist()}
 
 
 def _rows(indices) -> dict:

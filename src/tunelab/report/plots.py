@@ -98,3 +98,34 @@ def metric_vs_trainable(points: list[tuple[str, float, float]], metric: str) -> 
     axis.set_ylabel(f"validation {metric}")
     axis.grid(alpha=0.3, which="both")
     return to_png(figure)
+
+
+def label_counts(counts_by_split: dict[str, dict[str, int]]) -> str:
+    """Grouped bars: how many rows of each label every split holds."""
+    labels = list(next(iter(counts_by_split.values())))
+    for counts in counts_by_split.values():
+        labels += [label for label in counts if label not in labels]
+    figure, axis = plt.subplots(figsize=(6, 3.4))
+    width = 0.8 / len(counts_by_split)
+    for index, (split, counts) in enumerate(counts_by_split.items()):
+        positions = [i + index * width for i in range(len(labels))]
+        axis.bar(positions, [counts.get(label, 0) for label in labels], width, label=split)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, rotation=45, ha="right")
+    axis.set_ylabel("rows")
+    axis.legend()
+    axis.grid(alpha=0.3, axis="y")
+    return to_png(figure)
+
+
+def length_histograms(histograms: dict[str, dict], max_length: int) -> str:
+    """Token-length distribution per split, with the max_length cut marked."""
+    figure, axis = plt.subplots(figsize=(6, 3.4))
+    for split, histogram in histograms.items():
+        edges, counts = histogram["edges"], histogram["counts"]
+        axis.stairs(counts, edges, label=split)
+    axis.axvline(max_length, color="red", linestyle="--", label=f"max_length {max_length}")
+    axis.set_xlabel("tokens (model's own tokenizer)")
+    axis.set_ylabel("rows")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return to_png(figure)

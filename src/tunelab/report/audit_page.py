@@ -1,0 +1,72 @@
+"""audit.html: the audit's findings as one self-contained page with plots."""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+from tunelab.io import write_atomic
+from tunelab.report import plots
+from tunelab.report.html import STYLE, image
+
+
+def write_audit_page(report: dict, path: Path) -> Path:
+    splits = report["splits"]
+    sections = ["<h1>tunelab data audit</h1>"]
+    if report["warnings"]:
+        items = "".join(f"<li>{escape(line)}</li>" for line in report["warnings"])
+        sections.append(f"<h2>Warnings</h2><ul>{items}</ul>")
+    sections.append("<h2>Splits</h2>" + _splits_table(splits))
+    if report["leakage"]:
+        rows = "".join(
+            f"<tr><td>{escape(role)}</td><td>{found['exact']['count']}</td>"
+            f"<td>{found.get('near', {}).get('count', '–')}</td></tr>"
+            for role, found in report["leakage"].items()
+        )
+        sections.append(
+            "<h2>Leakage into train</h2><table><tr><th>split</th><th>exact</th><th>near</th></tr>" + rows + "</table>"
+        )
+    sections.append("<h2>Distributions</h2><div class='grid'>")
+    sections.append(image(plots.label_counts({role: found["labels"] for role, found in splits.items()}), "labels"))
+    histograms = {role: found["tokens"]["histogram"] for role, found in splits.items() if "tokens" in found}
+    if histograms:
+        max_length = next(found["tokens"]["max_length"] for found in splits.values() if "tokens" in found)
+        sections.append(image(plots.length_histograms(histograms, max_length), "token lengths"))
+    sections.append("</div>")
+    errors = report.get("label_errors", {})
+    if errors.get("suspects"):
+        sections.append(
+            f"<h2>Suspected label errors in train</h2><p>Out-of-fold probe on the base model's features: "
+            f"accuracy {errors['probe_accuracy']:.3f} on {errors['rows_probed']} rows. Lowest label quality first."
+            "</p><table><tr><th>row</th><th>given</th><th>suggested</th><th>quality</th><th>text</th></tr>"
+            + "".join(
+                f"<tr><td>{s['row']}</td><td>{escape(s['given'])}</td><td>{escape(s['suggested'])}</td>"
+                f"<td>{s['quality']:.3f}</td><td>{escape(s['text'])}</td></tr>"
+                for s in errors["suspects"]
+            )
+            + "</table>"
+        )
+    page = f"<!doctype html><meta charset='utf-8'><title>tunelab audit</title><style>{STYLE}</style>"
+    write_atomic(path, page + "\n".join(sections))
+    return path
+
+
+def _splits_table(splits: dict) -> str:
+    header = "<tr><th>split</th><th>rows</th><th>labels</th><th>imbalance</th><th>empty</th>"
+    header += "<th>exact duplicates</th><th>near-duplicate pairs</th><th>over max_length</th><th>bad images</th></tr>"
+    rows = []
+    for role, found in splits.items():
+        ratio = found["imbalance_ratio"]
+        cells = [
+            role,
+            found["rows"],
+            ", ".join(f"{label} {count}" for label, count in found["labels"].items()),
+            "–" if ratio is None else f"{ratio:.1f}:1",
+            found.get("empty_text", {}).get("count", "–"),
+            found["exact_duplicates"]["extra_copies"],
+            found.get("near_duplicates", {}).get("count", "–"),
+            found.get("tokens", {}).get("over_max_length", {}).get("count", "–"),
+            len(found["undecodable"]) if "undecodable" in found else "–",
+        ]
+        rows.append("<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in cells) + "</tr>")
+    return "<table>" + header + "".join(rows) + "</table>"
