@@ -158,3 +158,26 @@ def test_train_warns_about_leakage_and_imbalance_before_it_starts(planted, tiny_
     assert "validation rows also appear in train" in err
     assert "train: classes are imbalanced 26:1" in err
     assert len(results["data_warnings"]) == 3
+
+
+def test_the_domain_gap_separates_other_data_and_not_the_same_data():
+    from tunelab.data.label_issues import domain_gap
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(0, 1, (200, 6))
+    same = rng.normal(0, 1, (200, 6))
+    shifted = rng.normal(1.5, 1, (200, 6))
+    assert domain_gap(target, same)["classifier_auc"] < 0.65
+    far = domain_gap(target, shifted)
+    assert far["classifier_auc"] > 0.95 and far["rows"] == [200, 200]
+
+
+def test_audit_reports_the_domain_gap_to_a_reference_file(planted, tiny_bert, write_config, capsys):
+    reference = planted / "reference.csv"
+    reference.write_text("text\n" + "\n".join(f"completely other words number {i}" for i in range(40)) + "\n")
+    config = {"model": {"source": str(tiny_bert)}, "data": {"train": str(planted / "train.csv")}}
+    argv = ["audit", str(write_config(config)), "-o", str(planted / "a"), "--reference", str(reference), "--json"]
+    assert main(argv) == 0
+    gap = json.loads(capsys.readouterr().out)["domain_gap"]
+    assert gap["reference"] == str(reference) and gap["rows"] == [119, 40]
+    assert gap["classifier_auc"] > 0.9  # random tiny-BERT features still tell these two apart

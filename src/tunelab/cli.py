@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     _overrides(audit)
     audit.add_argument("--output", "-o", help="where audit.json goes (default: runs/<config name>-audit)")
     audit.add_argument(
+        "--reference",
+        metavar="FILE",
+        help="texts like those the base model knows (same text column): measures the domain gap to train",
+    )
+    audit.add_argument(
         "--probe-rows",
         type=int,
         default=10_000,
@@ -212,7 +217,7 @@ def cmd_audit(args) -> dict:
     features = None
     if tokenizer is not None and args.probe_rows > 0:
         features = _feature_extractor(config, not args.json)
-    report = audit(config, tokenizer, features, args.probe_rows)
+    report = audit(config, tokenizer, features, args.probe_rows, args.reference)
     output = Path(args.output or f"runs/{Path(args.config).stem}-audit")
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -224,6 +229,13 @@ def cmd_audit(args) -> dict:
     write_audit_page(report, output / "audit.html")
     if not args.json:
         stdout.print(audit_table(report))
+        gap = report.get("domain_gap", {})
+        if "classifier_auc" in gap:
+            stdout.print(
+                f"domain gap to {gap['reference']}: a probe tells train from it with ROC-AUC "
+                f"{gap['classifier_auc']:.3f} (0.5: same distribution), centroid cosine distance "
+                f"{gap['centroid_cosine_distance']:.3f}"
+            )
         if report.get("label_errors", {}).get("suspects"):
             stdout.print(suspects_table(report["label_errors"]))
         for line in report["warnings"]:

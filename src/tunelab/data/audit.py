@@ -30,7 +30,9 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
-def audit(config: RunConfig, tokenizer=None, features=None, probe_rows: int = 10_000) -> dict:
+def audit(
+    config: RunConfig, tokenizer=None, features=None, probe_rows: int = 10_000, reference: str | None = None
+) -> dict:
     """Every finding for every split of ``config.data``. ``tokenizer`` adds token lengths;
     ``features`` (texts -> base-model feature vectors) adds suspected label errors in train,
     probed on up to ``probe_rows`` rows drawn at random."""
@@ -49,8 +51,33 @@ def audit(config: RunConfig, tokenizer=None, features=None, probe_rows: int = 10
                 report["leakage"][role] = _leakage(splits["train"], splits[role])
     if features is not None and splits["train"]["kind"] == "text":
         report["label_errors"] = _label_errors(splits["train"], features, probe_rows, config.seed)
+        if reference:
+            report["domain_gap"] = _domain_gap(splits["train"], reference, config, features, probe_rows)
     report["warnings"] = warnings(report)
     return report
+
+
+def _domain_gap(train: dict, reference: str, config: RunConfig, features, probe_rows: int) -> dict:
+    from tunelab.data.label_issues import domain_gap
+
+    frame = read_table(reference, "--reference")
+    column = config.data.text_column
+    if column not in frame.columns:
+        columns = ", ".join(map(str, frame.columns))
+        raise UserError(f"--reference: column '{column}' not in {reference}; columns are: {columns}")
+    rng = np.random.default_rng(config.seed)
+
+    def sample(texts: list[str]) -> list[str]:
+        texts = [t for t in texts if t.strip()]
+        return (
+            [texts[i] for i in sorted(rng.choice(len(texts), probe_rows, replace=False))]
+            if len(texts) > probe_rows
+            else texts
+        )
+
+    references = sample(["" if _blank(v) else str(v) for v in frame[column].tolist()])
+    gap = domain_gap(features(sample(train["inputs"])), features(references), config.seed)
+    return {"reference": str(reference)} | gap
 
 
 def _label_errors(train: dict, features, probe_rows: int, seed: int) -> dict:

@@ -67,3 +67,33 @@ def label_suspects(features: np.ndarray, labels: list[str], seed: int = 0) -> di
             for i in order[:SHOWN_SUSPECTS]
         ],
     }
+
+
+def domain_gap(target: np.ndarray, reference: np.ndarray, seed: int = 0) -> dict:
+    """How far the target data sits from a reference set in the base model's feature space.
+
+    ``classifier_auc``: out-of-fold ROC-AUC of a logistic probe telling target rows from reference
+    rows (0.5: indistinguishable; 1.0: fully apart), a classifier two-sample test.
+    ``centroid_cosine_distance``: 1 - cosine of the two mean feature vectors.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features = np.concatenate([target, reference])
+    is_target = np.concatenate([np.ones(len(target)), np.zeros(len(reference))])
+    folds = min(5, len(target), len(reference))
+    if folds < 2:
+        return {"skipped": "the target and the reference need at least two rows each"}
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    scores = cross_val_predict(probe, features, is_target, cv=splitter, method="predict_proba")[:, 1]
+    a, b = target.mean(0), reference.mean(0)
+    cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    return {
+        "classifier_auc": float(roc_auc_score(is_target, scores)),
+        "centroid_cosine_distance": 1.0 - cosine,
+        "rows": [len(target), len(reference)],
+    }

@@ -33,6 +33,14 @@ def write_audit_page(report: dict, path: Path) -> Path:
         max_length = next(found["tokens"]["max_length"] for found in splits.values() if "tokens" in found)
         sections.append(image(plots.length_histograms(histograms, max_length), "token lengths"))
     sections.append("</div>")
+    gap = report.get("domain_gap", {})
+    if "classifier_auc" in gap:
+        sections.append(
+            f"<h2>Domain gap</h2><p>A probe on the base model's features tells train from "
+            f"<code>{escape(gap['reference'])}</code> with ROC-AUC {gap['classifier_auc']:.3f} (0.5: the same "
+            f"distribution; 1.0: fully apart); the centroids' cosine distance is "
+            f"{gap['centroid_cosine_distance']:.3f}. Rows: {gap['rows'][0]} train, {gap['rows'][1]} reference.</p>"
+        )
     errors = report.get("label_errors", {})
     if errors.get("suspects"):
         sections.append(
