@@ -181,3 +181,33 @@ def test_audit_reports_the_domain_gap_to_a_reference_file(planted, tiny_bert, wr
     gap = json.loads(capsys.readouterr().out)["domain_gap"]
     assert gap["reference"] == str(reference) and gap["rows"] == [119, 40]
     assert gap["classifier_auc"] > 0.9  # random tiny-BERT features still tell these two apart
+
+
+def test_preparation_cleans_every_split_and_records_what_it_removed(tiny_bert, tmp_path):
+    from tunelab.recipes.train import run_training
+    from tunelab.rundir import prepare_run_dir
+
+    rows = ["Good   movie,pos", "good movie,pos", ",neg", "Awful\u00a0plot,neg", "fine,pos", "dull,neg"] * 2
+    (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    (tmp_path / "test.csv").write_text("text,label\n  GOOD  movie ,pos\nawful plot,neg\n")
+    prepare = {"unicode_normalize": "NFKC", "lowercase": True, "drop_empty": True, "deduplicate": True}
+    config = {
+        "model": {"source": str(tiny_bert)},
+        "data": {
+            "train": str(tmp_path / "train.csv"),
+            "validation": str(tmp_path / "test.csv"),
+            "test": str(tmp_path / "test.csv"),
+            "prepare": prepare,
+        },
+        "train": {"max_steps": 1, "batch_size": 4},
+        "evaluate": {"base": False},
+    }
+    results = run_training(validate(config), prepare_run_dir(tmp_path / "run", False), progress=False)
+    train = results["preparation"]["train"]
+    assert train == {"rows_in": 12, "changed": 4, "empty_dropped": 2, "duplicates_dropped": 6, "rows_out": 4}
+    assert results["preparation"]["test"]["changed"] == 1
+    assert results["examples"]["train"] == 4
+
+    without = config | {"data": config["data"] | {"prepare": {}}}
+    with pytest.raises(Exception, match="have an empty 'text'.*data.prepare.drop_empty: true drops them"):
+        run_training(validate(without), prepare_run_dir(tmp_path / "other", False), progress=False)

@@ -37,6 +37,16 @@ class ModelConfig(Section):
     gradient_checkpointing: bool = False
 
 
+class PrepareConfig(Section):
+    """Text clean-up applied the same way to every split; what each step removed is recorded."""
+
+    unicode_normalize: Literal["NFC", "NFKC"] | None = Field("NFC", description="Unicode normal form, or null")
+    clean_whitespace: bool = Field(True, description="trim and collapse runs of whitespace")
+    lowercase: bool = False
+    drop_empty: bool = Field(False, description="drop rows whose text is empty instead of stopping")
+    deduplicate: bool = Field(False, description="keep the first of rows with the same text (after clean-up)")
+
+
 class DataConfig(Section):
     train: str = Field(..., description="a csv/tsv/jsonl/parquet file, an image folder, or 'digits'")
     validation: str | None = None
@@ -50,6 +60,7 @@ class DataConfig(Section):
     max_eval_examples: int | None = Field(None, ge=1)
     image_size: int | None = Field(None, ge=4, le=2048)
     # Built-in digits only: which classes make the task and how many training images per class.
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     digits_classes: list[int] = Field(default_factory=lambda: list(range(10)))
     digits_train_per_class: int | None = Field(None, ge=1)
     digits_validation_per_class: int = Field(20, ge=1)

@@ -16,6 +16,7 @@ from tunelab.config import RunConfig
 from tunelab.data import digits
 from tunelab.data.images import load_images
 from tunelab.data.labels import LabelMap
+from tunelab.data.prepare import prepare_split
 from tunelab.data.readers import RawSplit, image_folder_split, table_split
 from tunelab.data.text import tokenize
 from tunelab.errors import UserError
@@ -29,6 +30,7 @@ class RawData:
     labels: LabelMap
     channels: int = 3
     notes: list[str] = field(default_factory=list)
+    preparation: dict = field(default_factory=dict)  # per split: what each clean-up step changed
 
 
 @dataclass
@@ -50,6 +52,15 @@ def read_data(config: RunConfig) -> RawData:
         path = getattr(data, role)
         if path:
             splits[role] = reader(path, role)
+    preparation = {}
+    for role, split in splits.items():
+        if split.inputs and not isinstance(split.inputs[0], str | tuple):
+            continue  # images: prepared by their transform
+        if not split.inputs:
+            continue
+        splits[role], preparation[role] = prepare_split(split, data.prepare)
+        if not splits[role].inputs:
+            raise UserError(f"data.{role}: no rows left after data.prepare (every row was empty or a duplicate)")
     notes = []
     if "validation" not in splits:
         splits["train"], splits["validation"] = _hold_out(splits["train"], data.validation_fraction, config.seed)
@@ -65,7 +76,7 @@ def read_data(config: RunConfig) -> RawData:
     labels = LabelMap.from_labels(splits["train"].labels)
     for name, split in splits.items():
         labels.encode(split.labels, f"data.{name}")  # fail early on a class train never saw
-    return RawData(splits, labels, notes=notes)
+    return RawData(splits, labels, notes=notes, preparation=preparation)
 
 
 def prepare_data(raw: RawData, loaded, config: RunConfig) -> PreparedData:
@@ -86,7 +97,9 @@ def _reader_for(config: RunConfig):
     if config.task == "image-classification":
         return image_folder_split
     data = config.data
-    return lambda path, role: table_split(path, role, data.text_column, data.label_column, data.text_pair_column)
+    return lambda path, role: table_split(
+        path, role, data.text_column, data.label_column, data.text_pair_column, allow_blank=data.prepare.drop_empty
+    )
 
 
 def _read_digits(config: RunConfig) -> RawData:

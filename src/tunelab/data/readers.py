@@ -114,6 +114,7 @@ def table_split(
     label_column: str,
     pair_column: str | None = None,
     where: str | None = None,
+    allow_blank: bool = False,
 ) -> RawSplit:
     where = where or f"data.{role}"
     frame = read_table(path, where)
@@ -122,8 +123,9 @@ def table_split(
         if column not in frame.columns:
             available = ", ".join(map(str, frame.columns))
             raise UserError(f"{where}: column '{column}' not in {path}; columns are: {available}")
-    texts = _text_column(frame, text_column, where, path)
-    inputs = list(zip(texts, _text_column(frame, pair_column, where, path), strict=True)) if pair_column else texts
+    texts = _text_column(frame, text_column, where, path, allow_blank)
+    pairs = _text_column(frame, pair_column, where, path, allow_blank) if pair_column else None
+    inputs = list(zip(texts, pairs, strict=True)) if pairs else texts
     labels = frame[label_column].tolist()
     check_label_types(labels, label_column, where, path)
     missing = [row for row, label in enumerate(labels) if _is_blank(label)]
@@ -134,12 +136,15 @@ def table_split(
     return RawSplit(role, inputs, [_label_text(label) for label in labels], str(path))
 
 
-def _text_column(frame: pd.DataFrame, column: str, where: str, path: Path) -> list[str]:
+def _text_column(frame: pd.DataFrame, column: str, where: str, path: Path, allow_blank: bool = False) -> list[str]:
     values = frame[column].tolist()
     blank = [row for row, value in enumerate(values) if _is_blank(value)]
+    if allow_blank:
+        return ["" if _is_blank(value) else str(value) for value in values]
     if blank:
         raise UserError(
-            f"{where}: {len(blank)} row(s) of {path} have an empty '{column}' (first: data row {blank[0] + 1})"
+            f"{where}: {len(blank)} row(s) of {path} have an empty '{column}' (first: data row {blank[0] + 1}); "
+            "data.prepare.drop_empty: true drops them"
         )
     return [str(value) for value in values]
 

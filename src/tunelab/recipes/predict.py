@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from tunelab.data.images import open_image
+from tunelab.data.prepare import prepared_input
 from tunelab.data.readers import IMAGE_SUFFIXES, read_table
 from tunelab.errors import UserError
 from tunelab.evaluate import output_logits
@@ -27,6 +28,7 @@ def run_prediction(run_dir: Path, input_path: str | None, texts: list[str] | Non
                 f"'{config.data.text_column}' and '{pair_column}'"
             )
         inputs = texts if texts else _texts_from_file(Path(input_path), config.data.text_column, pair_column)
+        inputs = [prepared_input(item, config.data.prepare) for item in inputs]  # as the model saw in training
         encode = lambda chunk: _encode_texts(loaded.tokenizer, chunk, config.data.max_length)  # noqa: E731
     else:
         if texts:

@@ -164,6 +164,7 @@ def run_training(
         "truncated": data.truncated,
         "data_notes": data.notes,
         "data_warnings": data_warnings,
+        "preparation": raw.preparation,
         "fresh_head": loaded.fresh_head,
         "parameters": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
         "base": base,
