@@ -211,3 +211,32 @@ def test_preparation_cleans_every_split_and_records_what_it_removed(tiny_bert, t
     without = config | {"data": config["data"] | {"prepare": {}}}
     with pytest.raises(Exception, match="have an empty 'text'.*data.prepare.drop_empty: true drops them"):
         run_training(validate(without), prepare_run_dir(tmp_path / "other", False), progress=False)
+
+
+def test_balanced_class_weights_make_a_rare_class_count_more(planted, tiny_bert, tmp_path):
+    import torch
+
+    from tunelab.evaluate import balanced_weights, classification_loss
+    from tunelab.recipes.train import run_training
+    from tunelab.rundir import prepare_run_dir
+
+    weights = balanced_weights([0] * 20 + [1] * 5, 2)
+    torch.testing.assert_close(weights, torch.tensor([25 / 40, 25 / 10]))
+
+    class Fixed(torch.nn.Module):  # logits that favour class 0 for every row
+        def forward(self, x):
+            return torch.tensor([[2.0, 0.0]]).repeat(len(x), 1)
+
+    batch = {"x": torch.zeros(2), "labels": torch.tensor([0, 1])}
+    plain = classification_loss(Fixed(), batch)
+    weighted = classification_loss(Fixed(), batch, weights)
+    assert weighted > plain  # the misclassified rare row now weighs four times the common one
+
+    config = {
+        "model": {"source": str(tiny_bert)},
+        "data": {"train": str(planted / "train.csv")},
+        "train": {"max_steps": 2, "batch_size": 8, "class_weights": "balanced"},
+        "evaluate": {"base": False},
+    }
+    results = run_training(validate(config), prepare_run_dir(tmp_path / "run", False), progress=False)
+    assert results["steps"] == 2

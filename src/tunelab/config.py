@@ -218,6 +218,9 @@ class TrainConfig(Section):
     )
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (the best one is kept as well)")
     max_bad_steps: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
+    class_weights: Literal["balanced"] | None = Field(
+        None, description="balanced: weight the loss by inverse class frequency in train (imbalanced data)"
+    )
 
     @field_validator("eval_every", "checkpoint_every")
     @classmethod

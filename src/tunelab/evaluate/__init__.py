@@ -18,10 +18,18 @@ def output_logits(outputs) -> torch.Tensor:
     raise TypeError(f"cannot find logits in model output of type {type(outputs).__name__}")
 
 
-def classification_loss(model, batch: dict) -> torch.Tensor:
+def classification_loss(model, batch: dict, weights: torch.Tensor | None = None) -> torch.Tensor:
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     logits = output_logits(model(**inputs))
-    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+    if weights is not None:
+        weights = weights.to(logits.device)
+    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weights)
+
+
+def balanced_weights(label_ids: list[int], num_labels: int) -> torch.Tensor:
+    """n / (k * count) per class, as scikit-learn's "balanced": a rare class weighs more."""
+    counts = torch.bincount(torch.tensor(label_ids), minlength=num_labels).float().clamp(min=1)
+    return counts.sum() / (num_labels * counts)
 
 
 @torch.inference_mode()

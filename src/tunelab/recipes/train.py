@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tunelab.engine.data_loading import eval_loader, train_loader
 from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
-from tunelab.evaluate import classification_loss, evaluate_split, evaluate_splits
+from tunelab.evaluate import balanced_weights, classification_loss, evaluate_split, evaluate_splits
 from tunelab.io import folder_megabytes, write_atomic, write_json
 from tunelab.models import load_model, save_model
 from tunelab.models.adapted import without_adapter
@@ -140,7 +141,7 @@ def run_training(
         optimizer,
         scheduler,
         train_dl,
-        classification_loss,
+        _loss(config, raw, num_labels),
         lambda: evaluate_split(model, eval_dls["validation"], accelerator, num_labels),
         accelerator,
         config.train,
@@ -191,6 +192,13 @@ def run_training(
         write_report(run_dir, run_dir / REPORT)
     accelerator.wait_for_everyone()
     return results
+
+
+def _loss(config: RunConfig, raw, num_labels: int):
+    if config.train.class_weights != "balanced":
+        return classification_loss
+    weights = balanced_weights(raw.labels.encode(raw.splits["train"].labels, "data.train"), num_labels)
+    return functools.partial(classification_loss, weights=weights)
 
 
 def _warner(console: Console, main: bool):
