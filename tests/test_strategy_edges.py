@@ -7,7 +7,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from tunelab.cli import main
 from tunelab.config import validate
@@ -22,21 +21,12 @@ def tiny_roberta(tiny_bert, tmp_path_factory):
     """A RoBERTa: its classification head has two layers (dense, out_proj)."""
     from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-    folder = tmp_path_factory.mktemp("tiny-roberta")
+    from conftest import save_tiny_encoder
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    config = RobertaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=130,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    RobertaModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    folder = tmp_path_factory.mktemp("tiny-roberta")
+    settings = {"max_position_embeddings": 130, "pad_token_id": tokenizer.pad_token_id}  # RoBERTa counts from 2
+    return save_tiny_encoder(folder, RobertaModel, RobertaConfig, tokenizer, **settings)
 
 
 @pytest.mark.parametrize("strategy", ["lora", "ia3"])

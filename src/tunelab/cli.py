@@ -205,60 +205,22 @@ def cmd_compare(args) -> dict:
 
 def cmd_audit(args) -> dict:
     from tunelab.config import load_config
-    from tunelab.data.audit import audit
-    from tunelab.io import write_json
-    from tunelab.models.loading import load_tokenizer
-    from tunelab.recipes.runtime import quiet_libraries
-    from tunelab.report.terminal import audit_table, suspects_table
+    from tunelab.recipes.audit import AUDIT_JSON, AUDIT_PAGE, run_audit
+    from tunelab.report.terminal import audit_table, domain_gap_line, suspects_table
 
-    quiet_libraries()
     config = load_config(args.config, args.overrides)
-    tokenizer = load_tokenizer(config) if config.task == "text-classification" else None
-    features = None
-    if tokenizer is not None and args.probe_rows > 0:
-        features = _feature_extractor(config, not args.json)
-    report = audit(config, tokenizer, features, args.probe_rows, args.reference)
     output = Path(args.output or f"runs/{Path(args.config).stem}-audit")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"output: cannot create {output}: {error.strerror or error}") from None
-    write_json(output / "audit.json", report)
-    from tunelab.report.audit_page import write_audit_page
-
-    write_audit_page(report, output / "audit.html")
+    report = run_audit(config, output, args.probe_rows, args.reference, stderr, show=not args.json)
     if not args.json:
         stdout.print(audit_table(report))
-        gap = report.get("domain_gap", {})
-        if "classifier_auc" in gap:
-            stdout.print(
-                f"domain gap to {gap['reference']}: a probe tells train from it with ROC-AUC "
-                f"{gap['classifier_auc']:.3f} (0.5: same distribution), centroid cosine distance "
-                f"{gap['centroid_cosine_distance']:.3f}"
-            )
+        if "classifier_auc" in report.get("domain_gap", {}):
+            stdout.print(escape(domain_gap_line(report["domain_gap"])))
         if report.get("label_errors", {}).get("suspects"):
             stdout.print(suspects_table(report["label_errors"]))
         for line in report["warnings"]:
             stderr.print(f"[yellow]warning:[/] {escape(line)}")
-        stdout.print(f"audit: {output / 'audit.json'}   report: {output / 'audit.html'}")
+        stdout.print(f"audit: {output / AUDIT_JSON}   report: {output / AUDIT_PAGE}")
     return report
-
-
-def _feature_extractor(config, show: bool):
-    """texts -> the base model's mean-pooled features, with a progress bar."""
-    from rich.progress import Progress
-
-    from tunelab.data.label_issues import text_features
-    from tunelab.data.labels import LabelMap
-    from tunelab.models import load_model
-
-    def extract(texts: list[str]):
-        loaded = load_model(config, LabelMap(("a", "b")))  # the head is not used
-        with Progress(console=stderr, disable=not show, transient=True) as progress:
-            task = progress.add_task("base-model features for the label-error probe", total=len(texts))
-            return text_features(loaded, texts, config.data.max_length, advance=lambda n: progress.advance(task, n))
-
-    return extract
 
 
 def cmd_export(args) -> dict:

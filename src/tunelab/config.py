@@ -91,6 +91,8 @@ STRATEGY_NAMES = (
 
 
 PEFT_METHODS = ("lora", "prefix", "prompt", "ia3")
+# Per-layer learning rates need the model's own layout, which PEFT wraps: unset for PEFT methods.
+PER_LAYER_RATES_UNSET = {"layer_lr_decay": None, "head_lr": None, "lr_groups": {}}
 
 
 class ProgressiveConfig(Section):
@@ -135,7 +137,7 @@ class StrategyConfig(Section):
     freeze: list[str] = Field(default_factory=list, description="module-name glob patterns")
     train_last_n_blocks: int | None = Field(None, ge=0)
     freeze_norm_stats: bool = False
-    # Discriminative learning rates; they combine with full, partial and progressive.
+    # Discriminative learning rates; they combine with every strategy but the PEFT methods.
     layer_lr_decay: float | None = Field(
         None, gt=0.0, le=1.0, description="lr factor per block from the head down (discriminative: 0.8 if unset)"
     )
@@ -159,8 +161,7 @@ class StrategyConfig(Section):
     @model_validator(mode="after")
     def _rates_need_the_model_layout(self) -> StrategyConfig:
         if self.name in PEFT_METHODS:
-            given = [k for k in ("layer_lr_decay", "head_lr") if getattr(self, k) is not None]
-            given += ["lr_groups"] if self.lr_groups else []
+            given = [key for key, unset in PER_LAYER_RATES_UNSET.items() if getattr(self, key) != unset]
             if given:
                 raise ValueError(
                     f"{given[0]} applies to full, partial, progressive, discriminative, bitfit and adapter, "

@@ -58,3 +58,28 @@ def _jsonable(value: Any) -> Any:
 def folder_megabytes(folder: Path) -> float:
     """Size on disk of every file under ``folder``, in MiB."""
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a file tunelab or a model folder wrote; a damaged one is one clear line."""
+    from tunelab.errors import UserError
+
+    try:
+        loaded = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: damaged (not valid JSON)") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: damaged (not a JSON object)")
+    return loaded
+
+
+def read_safetensors(path: Path, where: str = "") -> dict:
+    """Every tensor of a safetensors file; a missing or damaged file is one clear line."""
+    from safetensors.torch import load_file
+
+    from tunelab.errors import UserError, first_line
+
+    try:
+        return load_file(path)
+    except Exception as error:  # safetensors raises its own error types for damaged or missing files
+        raise UserError(f"{where}cannot read {path}: {first_line(error)}") from None

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.config import RunConfig
-from tunelab.data.readers import IMAGE_SUFFIXES, check_label_types, read_table
+from tunelab.data.readers import check_label_types, image_folder_split, is_blank, read_table, require_columns
 from tunelab.errors import UserError
 
 NEAR_SIMILARITY = 0.8  # cosine of character n-gram vectors: one word changed in eight scores ~0.88
@@ -50,43 +50,37 @@ def audit(
             if role in splits and splits[role]["kind"] == splits["train"]["kind"]:
                 report["leakage"][role] = _leakage(splits["train"], splits[role])
     if features is not None and splits["train"]["kind"] == "text":
-        report["label_errors"] = _label_errors(splits["train"], features, probe_rows, config.seed)
+        train = splits["train"]
+        usable = [i for i, (t, y) in enumerate(zip(train["inputs"], train["labels"], strict=True)) if t.strip() and y]
+        rng = np.random.default_rng(config.seed)
+        chosen = [usable[i] for i in _sample(len(usable), probe_rows, rng)]
+        train_features = features([train["inputs"][i] for i in chosen])
+        report["label_errors"] = _label_errors(train, chosen, train_features, config.seed)
         if reference:
-            report["domain_gap"] = _domain_gap(splits["train"], reference, config, features, probe_rows)
+            report["domain_gap"] = _domain_gap(train_features, reference, config, features, probe_rows, rng)
     report["warnings"] = warnings(report)
     return report
 
 
-def _domain_gap(train: dict, reference: str, config: RunConfig, features, probe_rows: int) -> dict:
+def _sample(count: int, limit: int, rng) -> list[int]:
+    """Up to ``limit`` of ``range(count)``, drawn at random, in order."""
+    return sorted(rng.choice(count, limit, replace=False).tolist()) if count > limit else list(range(count))
+
+
+def _domain_gap(train_features, reference: str, config: RunConfig, features, probe_rows: int, rng) -> dict:
     from tunelab.data.label_issues import domain_gap
 
     frame = read_table(reference, "--reference")
-    column = config.data.text_column
-    if column not in frame.columns:
-        columns = ", ".join(map(str, frame.columns))
-        raise UserError(f"--reference: column '{column}' not in {reference}; columns are: {columns}")
-    rng = np.random.default_rng(config.seed)
-
-    def sample(texts: list[str]) -> list[str]:
-        texts = [t for t in texts if t.strip()]
-        return (
-            [texts[i] for i in sorted(rng.choice(len(texts), probe_rows, replace=False))]
-            if len(texts) > probe_rows
-            else texts
-        )
-
-    references = sample(["" if _blank(v) else str(v) for v in frame[column].tolist()])
-    gap = domain_gap(features(sample(train["inputs"])), features(references), config.seed)
-    return {"reference": str(reference)} | gap
+    require_columns(frame, [config.data.text_column], "--reference", reference)
+    texts = [str(v) for v in frame[config.data.text_column].tolist() if not is_blank(v)]
+    references = [texts[i] for i in _sample(len(texts), probe_rows, rng)]
+    return {"reference": str(reference)} | domain_gap(train_features, features(references), config.seed)
 
 
-def _label_errors(train: dict, features, probe_rows: int, seed: int) -> dict:
+def _label_errors(train: dict, chosen: list[int], train_features, seed: int) -> dict:
     from tunelab.data.label_issues import label_suspects
 
-    usable = [i for i, (t, y) in enumerate(zip(train["inputs"], train["labels"], strict=True)) if t.strip() and y]
-    rng = np.random.default_rng(seed)
-    chosen = sorted(rng.choice(usable, size=probe_rows, replace=False).tolist()) if len(usable) > probe_rows else usable
-    found = label_suspects(features([train["inputs"][i] for i in chosen]), [train["labels"][i] for i in chosen], seed)
+    found = label_suspects(train_features, [train["labels"][i] for i in chosen], seed)
     if "skipped" in found:
         return found
     to_file_row = {position + 1: chosen[position] + 1 for position in range(len(chosen))}
@@ -99,40 +93,27 @@ def _label_errors(train: dict, features, probe_rows: int, seed: int) -> dict:
 
 
 def _read(path: str, role: str, config: RunConfig) -> dict:
+    """Inputs and labels as written, blanks kept (they are findings here, not errors)."""
     where = f"data.{role}"
-    root = Path(path)
-    if root.is_dir():
-        files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        files = [f for f in files if len(f.relative_to(root).parts) > 1]  # inside a class sub-folder
-        if not files:
-            raise UserError(f"{where}: no images found in class sub-folders of {path}")
-        labels = [f.relative_to(root).parts[0] for f in files]
-        return {"kind": "images", "inputs": files, "labels": labels, "path": str(path)}
+    if Path(path).is_dir():
+        split = image_folder_split(path, role)
+        return {"kind": "images", "inputs": split.inputs, "labels": split.labels, "path": str(path)}
     frame = read_table(path, where)
     data = config.data
-    for column in (data.text_column, data.label_column):
-        if column not in frame.columns:
-            raise UserError(
-                f"{where}: column '{column}' not in {path}; columns are: {', '.join(map(str, frame.columns))}"
-            )
+    require_columns(frame, [data.text_column, data.label_column], where, path)
     check_label_types(frame[data.label_column].tolist(), data.label_column, where, path)
-    texts = ["" if _blank(value) else str(value) for value in frame[data.text_column].tolist()]
-    labels = ["" if _blank(value) else str(value).strip() for value in frame[data.label_column].tolist()]
+    texts = ["" if is_blank(value) else str(value) for value in frame[data.text_column].tolist()]
+    labels = ["" if is_blank(value) else str(value).strip() for value in frame[data.label_column].tolist()]
     return {"kind": "text", "inputs": texts, "labels": labels, "path": str(path)}
-
-
-def _blank(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
 
 
 def _split_findings(split: dict, tokenizer, max_length: int) -> dict:
     labels = Counter(label for label in split["labels"] if label)
-    counts = sorted(labels.values())
     found = {
         "path": split["path"],
         "rows": len(split["inputs"]),
         "labels": dict(sorted(labels.items(), key=lambda item: -item[1])),
-        "imbalance_ratio": counts[-1] / counts[0] if counts else None,
+        "imbalance_ratio": imbalance_ratio(labels),
         "missing_labels": _rows(i for i, label in enumerate(split["labels"]) if not label),
     }
     if split["kind"] == "images":
@@ -187,8 +168,11 @@ def _near_pairs(texts: list[str], others: list[str], same: bool = True) -> dict:
     keep_other = keep if same else [i for i, t in enumerate(others) if t.strip()]
     if not keep or not keep_other:
         return {"count": 0, "examples": []}
-    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), preprocessor=normalise, sublinear_tf=True)
-    matrix = vectorizer.fit_transform([texts[i] for i in keep] + ([] if same else [others[i] for i in keep_other]))
+    normal = {i: normalise(texts[i]) for i in keep}  # once per text, for the vectors and the exact-match test
+    normal_other = normal if same else {i: normalise(others[i]) for i in keep_other}
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=False, sublinear_tf=True)
+    corpus = [normal[i] for i in keep] + ([] if same else [normal_other[i] for i in keep_other])
+    matrix = vectorizer.fit_transform(corpus)
     query = matrix[: len(keep)]
     index = query if same else matrix[len(keep) :]
     search = NearestNeighbors(radius=1 - NEAR_SIMILARITY, metric="cosine").fit(index)
@@ -197,7 +181,7 @@ def _near_pairs(texts: list[str], others: list[str], same: bool = True) -> dict:
     for a, (found_d, found_n) in enumerate(zip(distances, neighbours, strict=True)):
         for distance, b in zip(found_d, found_n, strict=True):
             first, second = keep[a], keep_other[b]
-            if (same and first >= second) or normalise(texts[first]) == normalise(others[second]):
+            if (same and first >= second) or normal[first] == normal_other[second]:
                 continue
             pairs.append((first + 1, second + 1, round(1 - float(distance), 3)))
     pairs.sort(key=lambda pair: -pair[2])
@@ -209,8 +193,8 @@ def _leakage(train: dict, other: dict) -> dict:
     if train["kind"] == "images":
         seen = {_file_hash(f) for f in train["inputs"]}
         return {"exact": _rows(i for i, f in enumerate(other["inputs"]) if _file_hash(f) in seen)}
-    seen = {normalise(t) for t in train["inputs"] if t.strip()}
-    exact = _rows(i for i, t in enumerate(other["inputs"]) if t.strip() and normalise(t) in seen)
+    seen = {_text_key(t) for t in train["inputs"] if t.strip()}
+    exact = _rows(i for i, t in enumerate(other["inputs"]) if t.strip() and _text_key(t) in seen)
     return {"exact": exact, "near": _near_pairs(other["inputs"], train["inputs"], same=False)}
 
 
@@ -237,9 +221,7 @@ def warnings(report: dict) -> list[str]:
         if exact or near:
             said.append(f"leakage: {exact} {role} rows also in train exactly, {near} nearly")
     for role, found in report["splits"].items():
-        ratio = found["imbalance_ratio"]
-        if ratio and ratio >= HEAVY_IMBALANCE:
-            said.append(f"{role}: classes are imbalanced {ratio:.0f}:1 (largest to smallest)")
+        said += _imbalance_warning(role, found["imbalance_ratio"])
         over = found.get("tokens", {}).get("over_max_length", {}).get("count", 0)
         if over:
             said.append(f"{role}: {over} rows are longer than max_length and will be truncated")
@@ -268,10 +250,19 @@ def quick_checks(splits: dict) -> list[str]:
                     f"leakage: {leaked} of {len(splits[role].inputs)} {role} rows also appear in train, "
                     "so their scores overstate what the model learned (`tunelab audit` lists them)"
                 )
-    counts = sorted(Counter(train.labels).values())
-    if counts and counts[-1] / counts[0] >= HEAVY_IMBALANCE:
-        said.append(f"train: classes are imbalanced {counts[-1] / counts[0]:.0f}:1 (largest to smallest)")
+    said += _imbalance_warning("train", imbalance_ratio(Counter(train.labels)))
     return said
+
+
+def imbalance_ratio(counts: Counter) -> float | None:
+    """Rows of the largest class over rows of the smallest."""
+    return max(counts.values()) / min(counts.values()) if counts else None
+
+
+def _imbalance_warning(role: str, ratio: float | None) -> list[str]:
+    if ratio is None or ratio < HEAVY_IMBALANCE:
+        return []
+    return [f"{role}: classes are imbalanced {ratio:.0f}:1 (largest to smallest)"]
 
 
 def _text_key(item) -> str:

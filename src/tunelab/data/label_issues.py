@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tunelab.models.pooled import PooledClassifier, mean_pool
+
 SHOWN_SUSPECTS = 20
 
 
@@ -17,7 +19,7 @@ SHOWN_SUSPECTS = 20
 def text_features(loaded, texts: list[str], max_length: int, batch_size: int = 128, advance=None) -> np.ndarray:
     """Mean of the last hidden layer over real tokens, for each text."""
     model = loaded.model.eval()
-    encoder = getattr(model, "encoder", None) if type(model).__name__ == "PooledClassifier" else None
+    encoder = model.encoder if isinstance(model, PooledClassifier) else None
     features = []
     for start in range(0, len(texts), batch_size):
         batch = loaded.tokenizer(
@@ -28,8 +30,7 @@ def text_features(loaded, texts: list[str], max_length: int, batch_size: int = 1
             hidden = encoder(**batch).last_hidden_state
         else:
             hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        features.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().numpy())
+        features.append(mean_pool(hidden, batch["attention_mask"]).float().numpy())
         if advance:
             advance(len(batch["input_ids"]))
     return np.concatenate(features)

@@ -85,7 +85,7 @@ def check_label_types(labels: list, label_column: str, where: str, path) -> None
     """A label column holds numbers or words, not both: "1" beside "pos" is almost always a mistake."""
     kinds = {}
     for row, label in enumerate(labels, start=1):
-        if _is_blank(label):
+        if is_blank(label):
             continue
         kinds.setdefault("number" if _is_number(label) else "text", row)
     if len(kinds) > 1:
@@ -107,6 +107,13 @@ def _is_number(value: object) -> bool:
     return True
 
 
+def require_columns(frame: pd.DataFrame, columns: list[str], where: str, path) -> None:
+    for column in columns:
+        if column not in frame.columns:
+            available = ", ".join(map(str, frame.columns))
+            raise UserError(f"{where}: column '{column}' not in {path}; columns are: {available}")
+
+
 def table_split(
     path: str | Path,
     role: str,
@@ -118,17 +125,13 @@ def table_split(
 ) -> RawSplit:
     where = where or f"data.{role}"
     frame = read_table(path, where)
-    needed = [text_column, label_column] + ([pair_column] if pair_column else [])
-    for column in needed:
-        if column not in frame.columns:
-            available = ", ".join(map(str, frame.columns))
-            raise UserError(f"{where}: column '{column}' not in {path}; columns are: {available}")
+    require_columns(frame, [text_column, label_column] + ([pair_column] if pair_column else []), where, path)
     texts = _text_column(frame, text_column, where, path, allow_blank)
     pairs = _text_column(frame, pair_column, where, path, allow_blank) if pair_column else None
     inputs = list(zip(texts, pairs, strict=True)) if pairs else texts
     labels = frame[label_column].tolist()
     check_label_types(labels, label_column, where, path)
-    missing = [row for row, label in enumerate(labels) if _is_blank(label)]
+    missing = [row for row, label in enumerate(labels) if is_blank(label)]
     if missing:
         raise UserError(
             f"{where}: {len(missing)} row(s) of {path} have no '{label_column}' (first: data row {missing[0] + 1})"
@@ -138,9 +141,9 @@ def table_split(
 
 def _text_column(frame: pd.DataFrame, column: str, where: str, path: Path, allow_blank: bool = False) -> list[str]:
     values = frame[column].tolist()
-    blank = [row for row, value in enumerate(values) if _is_blank(value)]
+    blank = [row for row, value in enumerate(values) if is_blank(value)]
     if allow_blank:
-        return ["" if _is_blank(value) else str(value) for value in values]
+        return ["" if is_blank(value) else str(value) for value in values]
     if blank:
         raise UserError(
             f"{where}: {len(blank)} row(s) of {path} have an empty '{column}' (first: data row {blank[0] + 1}); "
@@ -149,7 +152,7 @@ def _text_column(frame: pd.DataFrame, column: str, where: str, path: Path, allow
     return [str(value) for value in values]
 
 
-def _is_blank(value: object) -> bool:
+def is_blank(value: object) -> bool:
     return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
 
 

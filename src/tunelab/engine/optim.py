@@ -10,16 +10,20 @@ from tunelab.config import OptimConfig
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
+def norm_parameter_names(model: nn.Module) -> set[str]:
+    """Every weight of a normalisation layer (LayerNorm, BatchNorm, RMSNorm, ...)."""
+    return {
+        f"{module_name}.{param_name}" if module_name else param_name
+        for module_name, module in model.named_modules()
+        if isinstance(module, NORM_TYPES) or "norm" in type(module).__name__.lower()
+        for param_name, _ in module.named_parameters(recurse=False)
+    }
+
+
 def no_decay_names(model: nn.Module) -> set[str]:
-    """Biases and every weight of a normalisation layer (LayerNorm, BatchNorm, RMSNorm, ...)."""
-    names = set()
-    for module_name, module in model.named_modules():
-        is_norm = isinstance(module, NORM_TYPES) or "norm" in type(module).__name__.lower()
-        for param_name, _ in module.named_parameters(recurse=False):
-            full_name = f"{module_name}.{param_name}" if module_name else param_name
-            if is_norm or param_name == "bias":
-                names.add(full_name)
-    return names
+    """Biases and every weight of a normalisation layer."""
+    biases = {name for name, _ in model.named_parameters() if name == "bias" or name.endswith(".bias")}
+    return biases | norm_parameter_names(model)
 
 
 def decay_groups(

@@ -11,10 +11,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from tunelab.errors import UserError, first_line
+from tunelab.io import read_safetensors
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 BASE_STATE = "base_state.safetensors"
@@ -105,10 +106,7 @@ def load_adapted(model: nn.Module, folder: Path, meta: dict) -> nn.Module:
 
 
 def _load_checked(model: nn.Module, weights_file: Path) -> None:
-    try:
-        saved = load_file(weights_file)
-    except Exception as error:  # safetensors raises its own error types for damaged or missing files
-        raise UserError(f"cannot read {weights_file}: {first_line(error)}") from None
+    saved = read_safetensors(weights_file)
     own = model.state_dict()
     unfit = sorted(name for name in saved if name not in own or own[name].shape != saved[name].shape)
     if unfit:

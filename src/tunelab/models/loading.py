@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safetensors.torch import load_file
 from torch import nn
 
 from tunelab.errors import UserError, first_line
+from tunelab.io import read_json_object, read_safetensors
 from tunelab.models.cnn import DemoCNN
 from tunelab.models.pooled import CLASSIFIER_WEIGHTS, PooledClassifier, build_pooled, declared_pooling
 from tunelab.strategies.anatomy import anatomy
@@ -81,12 +81,13 @@ def load_model(config, labels, channels: int = 3) -> LoadedModel:
                 f"model.source: '{source}' is not a folder, a built-in (minilm, cnn, digits-cnn) "
                 "or package.module:function"
             )
-        if (folder / TUNELAB_META).exists() and "base_source" in read_meta(folder):
+        meta = read_meta(folder) if (folder / TUNELAB_META).exists() else {}
+        if "base_source" in meta:
             raise UserError(
                 f"model.source: {folder} holds an adapter only; write a full model with "
                 f"`tunelab export RUN_DIR --merge -o DIR` and use that folder"
             )
-        if (folder / TUNELAB_META).exists() and read_meta(folder)["kind"] == "module":
+        if meta.get("kind") == "module":
             loaded = _saved_module(folder, labels)
         elif (folder / "config.json").exists():
             loaded = _hugging_face(folder, config, labels)
@@ -212,7 +213,11 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
         if pooling is not None:
             model = build_pooled(folder, len(labels), pooling, trust, dropout)
             same_task = _saved_label_names(folder, LABEL_MAP) == tuple(labels.names)
-            fresh = [] if same_task and (folder / CLASSIFIER_WEIGHTS).exists() else reset_head(model)
+            if same_task and (folder / CLASSIFIER_WEIGHTS).exists():  # a pooled model tunelab saved, same labels
+                model.classifier.load_state_dict(read_safetensors(folder / CLASSIFIER_WEIGHTS, "model.source: "))
+                fresh = []
+            else:
+                fresh = reset_head(model)
         else:
             model, info = auto.from_pretrained(
                 folder,
@@ -351,10 +356,7 @@ def _saved_module(folder: Path, labels) -> LoadedModel:
     weights_file = folder / "model.safetensors"
     if not weights_file.exists():
         raise UserError(f"model.source: {folder} has no model.safetensors")
-    try:
-        saved = load_file(weights_file)
-    except Exception as error:  # safetensors raises its own error types for damaged files
-        raise UserError(f"model.source: cannot read {weights_file}: {first_line(error)}") from None
+    saved = read_safetensors(weights_file, "model.source: ")
     own = model.state_dict()
     fitting = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
     if tuple(meta["labels"]) != tuple(labels.names):  # a new task: its head starts fresh
@@ -382,10 +384,7 @@ def read_meta(folder: Path) -> dict:
     path = Path(folder) / TUNELAB_META
     if not path.exists():
         raise UserError(f"{folder}: not a tunelab model folder (no {TUNELAB_META})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path}: damaged (not valid JSON)") from None
+    return read_json_object(path)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -12,14 +12,13 @@ Saved as the encoder in Hugging Face format (``AutoModel.from_pretrained`` loads
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from tunelab.errors import UserError
+from tunelab.io import read_json_object
 
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
 POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
@@ -39,36 +38,30 @@ class PooledClassifier(nn.Module):
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
-            mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).unsqueeze(-1)
-            mask = mask.to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            pooled = mean_pool(hidden, attention_mask if attention_mask is not None else torch.ones_like(input_ids))
         return self.classifier(self.dropout(pooled))
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of each row's token vectors over its real (unpadded) tokens."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 def declared_pooling(folder: Path) -> str | None:
     """The pooling a folder declares: tunelab's own record, or a sentence-transformers config."""
     meta = folder / "tunelab.json"
     if meta.exists():
-        return _read_json(meta).get("pooling")
+        return read_json_object(meta).get("pooling")
     pooling_config = folder / "1_Pooling" / "config.json"
     if not pooling_config.exists():
         return None
-    settings = _read_json(pooling_config)
+    settings = read_json_object(pooling_config)
     return next((mode for key, mode in POOLING_MODES.items() if settings.get(key)), None)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path}: damaged (not valid JSON)") from None
-    if not isinstance(loaded, dict):
-        raise UserError(f"{path}: damaged (not a JSON object)")
-    return loaded
-
-
 def build_pooled(folder: Path, num_labels: int, pooling: str, trust_remote_code: bool, extra: dict) -> PooledClassifier:
-    """The encoder without transformers' pooler (unused weights would stall DDP), and a head."""
+    """The encoder without transformers' pooler (unused weights would stall DDP), and a new head."""
     from transformers import AutoModel
 
     try:
@@ -80,13 +73,7 @@ def build_pooled(folder: Path, num_labels: int, pooling: str, trust_remote_code:
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None
     dropout = getattr(encoder.config, "classifier_dropout", None) or getattr(encoder.config, "hidden_dropout_prob", 0.1)
-    model = PooledClassifier(encoder, num_labels, pooling, dropout)
-    saved_head = folder / CLASSIFIER_WEIGHTS
-    if saved_head.exists():
-        head = load_file(saved_head)
-        if head["weight"].shape == model.classifier.weight.shape:
-            model.classifier.load_state_dict(head)
-    return model
+    return PooledClassifier(encoder, num_labels, pooling, dropout)
 
 
 def save_pooled(model: PooledClassifier, staging: Path) -> None:

@@ -7,6 +7,7 @@ of the one before) and a strategy that crashes cannot take the others with it.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -14,9 +15,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tunelab.config import PEFT_METHODS, STRATEGY_NAMES, RunConfig, dump_config, validate
+from tunelab.config import PEFT_METHODS, PER_LAYER_RATES_UNSET, STRATEGY_NAMES, RunConfig, dump_config, validate
 from tunelab.errors import UserError
 from tunelab.io import read_jsonl, write_atomic, write_json
+from tunelab.report.html import SHOWN_METRICS
 from tunelab.rundir import METRICS, REPORT
 
 COMPARISON = "comparison.json"
@@ -56,8 +58,8 @@ def strategy_config(config: RunConfig, name: str) -> RunConfig:
     strategy = raw["strategy"] | {"name": name}
     if name == "partial" and not strategy["freeze"] and strategy["train_last_n_blocks"] is None:
         strategy |= PARTIAL_DEFAULT
-    if name in PEFT_METHODS:  # per-layer rates need the model's own layout, which PEFT wraps
-        strategy |= {"layer_lr_decay": None, "head_lr": None, "lr_groups": {}}
+    if name in PEFT_METHODS:
+        strategy |= PER_LAYER_RATES_UNSET
     raw["strategy"] = _merged(strategy, config.compare.options.get(name, {}))
     raw["optim"]["lr"] = config.compare.lr.get(name, min(10.0, config.optim.lr * LR_FACTOR[name]))
     return validate(raw, source=f"compare ({name})")
@@ -76,10 +78,10 @@ def _merged(base: dict, changes: dict) -> dict:
 def run_compare(config: RunConfig, names: list[str], output: Path, console: Console, progress: bool) -> dict:
     rows = []
     configs = {name: strategy_config(config, name) for name in names}  # every config checked before any run
+    (output / "configs").mkdir(exist_ok=True)
     for index, name in enumerate(names, start=1):
         run_config = configs[name]
         config_file = output / "configs" / f"{name}.yaml"
-        config_file.parent.mkdir(exist_ok=True)
         write_atomic(config_file, dump_config(run_config))
         title = f"[bold]{index}/{len(names)}[/] {name} (lr {run_config.optim.lr:g})"
         if progress:
@@ -107,8 +109,6 @@ def _run_one(name: str, run_config: RunConfig, config_file: Path, run_dir: Path)
     row = {"strategy": name, "lr": run_config.optim.lr, "run_dir": str(run_dir), "wall_seconds": wall}
     if finished.returncode != 0 and not finished.stdout.strip().startswith("{"):
         return row | {"error": _error_line(finished.stderr)}
-    import json
-
     results = json.loads(finished.stdout)
     final = results["final"]
     row |= {
@@ -128,7 +128,7 @@ def _run_one(name: str, run_config: RunConfig, config_file: Path, run_dir: Path)
 
 
 def _headline(metrics: dict) -> dict:
-    return {key: metrics.get(key) for key in ("loss", "accuracy", "precision", "recall", "f1", "auc")}
+    return {key: metrics.get(key) for key in SHOWN_METRICS}
 
 
 def _error_line(stderr: str) -> str:

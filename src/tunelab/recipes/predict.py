@@ -8,7 +8,7 @@ import torch
 
 from tunelab.data.images import open_image
 from tunelab.data.prepare import prepared_input
-from tunelab.data.readers import IMAGE_SUFFIXES, read_table
+from tunelab.data.readers import IMAGE_SUFFIXES, read_table, require_columns
 from tunelab.errors import UserError
 from tunelab.evaluate import output_logits
 from tunelab.recipes.evaluate import load_run
@@ -75,10 +75,7 @@ def _texts_from_file(path: Path, column: str, pair_column: str | None = None) ->
             raise UserError(f"--input: {path} is empty")
         return lines
     frame = read_table(path, "--input")
-    for name in [column] + ([pair_column] if pair_column else []):
-        if name not in frame.columns:
-            available = ", ".join(map(str, frame.columns))
-            raise UserError(f"--input: column '{name}' not in {path}; columns are: {available}")
+    require_columns(frame, [column] + ([pair_column] if pair_column else []), "--input", path)
     texts = [str(value) for value in frame[column].tolist()]
     if not pair_column:
         return texts

@@ -54,7 +54,7 @@ def run_training(
     set_seed(config.seed)
 
     raw = read_data(config)
-    data_warnings = quick_checks(raw.splits) if not resume else []
+    data_warnings = quick_checks(raw.splits)
     for line in data_warnings:
         warn(line)
     loaded = load_model(config, raw.labels, raw.channels)
@@ -62,9 +62,9 @@ def run_training(
     strategy = build_strategy(config.strategy, loaded.fresh_head)
     model = strategy.apply(loaded.model)
     _, total = count_parameters(model)
-    if main and accelerator.num_processes > 1 and _trains_batch_norm(model, config):
-        console.print(
-            "[yellow]warning:[/] batch-norm statistics are computed per process under DDP, so results differ "
+    if accelerator.num_processes > 1 and _trains_batch_norm(model, config):
+        warn(
+            "batch-norm statistics are computed per process under DDP, so results differ "
             "from one process; set strategy.freeze_norm_stats: true to keep them identical"
         )
     optimizer = build_optimizer(strategy.parameter_groups(model, config.optim), config.optim)

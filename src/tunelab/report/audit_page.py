@@ -8,6 +8,7 @@ from pathlib import Path
 from tunelab.io import write_atomic
 from tunelab.report import plots
 from tunelab.report.html import STYLE, image
+from tunelab.report.terminal import domain_gap_line
 
 
 def write_audit_page(report: dict, path: Path) -> Path:
@@ -35,12 +36,7 @@ def write_audit_page(report: dict, path: Path) -> Path:
     sections.append("</div>")
     gap = report.get("domain_gap", {})
     if "classifier_auc" in gap:
-        sections.append(
-            f"<h2>Domain gap</h2><p>A probe on the base model's features tells train from "
-            f"<code>{escape(gap['reference'])}</code> with ROC-AUC {gap['classifier_auc']:.3f} (0.5: the same "
-            f"distribution; 1.0: fully apart); the centroids' cosine distance is "
-            f"{gap['centroid_cosine_distance']:.3f}. Rows: {gap['rows'][0]} train, {gap['rows'][1]} reference.</p>"
-        )
+        sections.append(f"<h2>Domain gap</h2><p>{escape(domain_gap_line(gap))}</p>")
     errors = report.get("label_errors", {})
     if errors.get("suspects"):
         sections.append(

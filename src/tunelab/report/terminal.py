@@ -126,3 +126,12 @@ def suspects_table(found: dict, limit: int = 10) -> Table:
             escape(suspect["text"][:60]),
         )  # fmt: skip
     return table
+
+
+def domain_gap_line(gap: dict) -> str:
+    """The domain gap in one sentence, for the terminal and the audit page alike."""
+    return (
+        f"domain gap to {gap['reference']}: a probe on the base model's features tells train from it with "
+        f"ROC-AUC {gap['classifier_auc']:.3f} (0.5: the same distribution; 1.0: fully apart); centroid cosine "
+        f"distance {gap['centroid_cosine_distance']:.3f}; rows: {gap['rows'][0]} train, {gap['rows'][1]} reference"
+    )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunelab.engine.optim import norm_parameter_names
 from tunelab.errors import UserError
 from tunelab.strategies.anatomy import anatomy
 from tunelab.strategies.base import Strategy
@@ -114,12 +115,7 @@ class AdapterStrategy(Strategy):
         add_adapters(model, self.targets, settings.reduction_factor, settings.activation)
         parts = anatomy(model)
         fresh = set(self.fresh)
-        norms = {
-            f"{module_name}.{name}"
-            for module_name, module in model.named_modules()
-            if isinstance(module, nn.LayerNorm | nn.GroupNorm) or "norm" in type(module).__name__.lower()
-            for name, _ in module.named_parameters(recurse=False)
-        }
+        norms = norm_parameter_names(model)
         for name, parameter in model.named_parameters():
             trains = f".{ADAPTER}." in name or name in norms or parts.in_head(name) or name in fresh
             parameter.requires_grad_(trains)

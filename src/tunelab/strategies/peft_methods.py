@@ -103,32 +103,30 @@ class Ia3Strategy(PeftStrategy):
         )
 
 
-class PrefixStrategy(PeftStrategy):
+class VirtualTokensStrategy(PeftStrategy):
+    """Prefix and prompt tuning: learned virtual tokens, configured alike under their own section."""
+
+    needs_transformer = True
+    peft_config_class = ""
+
+    def peft_config(self, model: nn.Module, modules_to_save: list[str]):
+        import peft
+
+        return getattr(peft, self.peft_config_class)(
+            task_type="SEQ_CLS",
+            num_virtual_tokens=getattr(self.config, self.name).num_virtual_tokens,
+            modules_to_save=modules_to_save,
+        )
+
+
+class PrefixStrategy(VirtualTokensStrategy):
     name = method = "prefix"
-    needs_transformer = True
-
-    def peft_config(self, model: nn.Module, modules_to_save: list[str]):
-        from peft import PrefixTuningConfig
-
-        return PrefixTuningConfig(
-            task_type="SEQ_CLS",
-            num_virtual_tokens=self.config.prefix.num_virtual_tokens,
-            modules_to_save=modules_to_save,
-        )
+    peft_config_class = "PrefixTuningConfig"
 
 
-class PromptStrategy(PeftStrategy):
+class PromptStrategy(VirtualTokensStrategy):
     name = method = "prompt"
-    needs_transformer = True
-
-    def peft_config(self, model: nn.Module, modules_to_save: list[str]):
-        from peft import PromptTuningConfig
-
-        return PromptTuningConfig(
-            task_type="SEQ_CLS",
-            num_virtual_tokens=self.config.prompt.num_virtual_tokens,
-            modules_to_save=modules_to_save,
-        )
+    peft_config_class = "PromptTuningConfig"
 
 
 ATTENTION_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("q", "v"), ("c_attn",), ("qkv",), ("Wqkv",))

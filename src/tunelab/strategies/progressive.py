@@ -10,7 +10,8 @@ Two failures other tools have here are designed out:
 - *Resume*: the optimizer holds every parameter that will ever train from the first step (a
   frozen one has no gradient, so the optimizer skips it: no moments, no weight decay), so its
   groups never change and a checkpoint always fits. The stage is a function of the step or
-  epoch, so a resumed run is at the same stage as the run it continues.
+  epoch, set again when training starts, so a resumed run is at the same stage as the run it
+  continues and the checkpoint needs no state of the strategy's own.
 - *DDP*: DistributedDataParallel only synchronises parameters that required gradients when it
   was built. Under several processes every parameter that will train requires gradients from
   the start, and the gradients of the not-yet-unfrozen ones are dropped before each optimizer
@@ -127,9 +128,3 @@ class ProgressiveStrategy(Strategy):
             ],
             "trainable_at_end": reached,
         }
-
-    def state_dict(self) -> dict:
-        return {"stage": self.stage}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._set_stage(state["stage"])
