@@ -157,7 +157,9 @@ def test_train_warns_about_leakage_and_imbalance_before_it_starts(planted, tiny_
     # The held-out validation split catches copies of the planted duplicates: leakage as well.
     assert "validation rows also appear in train" in err
     assert "train: classes are imbalanced 26:1" in err
-    assert len(results["data_warnings"]) == 3
+    # The four planted 200-word rows fell in train after the hold-out; they are cut.
+    assert "train: 4 of 107 rows are longer than data.max_length (64 tokens) and are cut" in results["data_warnings"]
+    assert len(results["data_warnings"]) == 4
 
 
 def test_the_domain_gap_separates_other_data_and_not_the_same_data():
@@ -240,3 +242,35 @@ def test_balanced_class_weights_make_a_rare_class_count_more(planted, tiny_bert,
     }
     results = run_training(validate(config), prepare_run_dir(tmp_path / "run", False), progress=False)
     assert results["steps"] == 2
+
+
+@pytest.mark.parametrize("method", ["oversample", "undersample"])
+def test_resampling_balances_train_only_and_records_what_it_did(planted, method):
+    from tunelab.data import read_data
+
+    config = validate(
+        {
+            "data": {"train": str(planted / "train.csv"), "test": str(planted / "test.csv")},
+            "train": {"resample": method},
+        }
+    )
+    raw = read_data(config)
+    record = raw.preparation["train"]["resample"]
+    before = record["per_class_before"]
+    counts = {label: raw.splits["train"].labels.count(label) for label in before}
+    target = max(before.values()) if method == "oversample" else min(before.values())
+    assert counts == {"neg": target, "pos": target} and record["per_class_after"] == target
+    assert record["rows_out"] == 2 * target == len(raw.splits["train"].labels)
+    assert len(raw.splits["test"].labels) == 23  # evaluation data is never resampled
+    kept = set(raw.splits["train"].inputs)
+    plain = read_data(validate({"data": config.data.model_dump()}))
+    assert kept <= set(plain.splits["train"].inputs)  # rows repeated or dropped, never invented
+    if method == "oversample":
+        assert kept == set(plain.splits["train"].inputs)
+
+
+def test_class_weights_and_resampling_together_are_refused(planted):
+    from tunelab.errors import UserError
+
+    with pytest.raises(UserError, match="class_weights and resample both correct class imbalance"):
+        validate({"data": {"train": "x.csv"}, "train": {"class_weights": "balanced", "resample": "oversample"}})

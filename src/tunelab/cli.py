@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(compare)
 
     audit = commands.add_parser("audit", help="check the data before training: balance, duplicates, leakage, ...")
-    audit.add_argument("config", help="YAML run config (its data section is audited)")
+    audit.add_argument("config", nargs="?", help="YAML run config (its data section is audited)")
+    audit.add_argument("--data", metavar="FILE", help="audit this train file (or image folder) without a config")
+    audit.add_argument("--validation", metavar="FILE", help="with --data: a validation file to check for leakage")
+    audit.add_argument("--test", metavar="FILE", help="with --data: a test file to check for leakage")
+    audit.add_argument("--model", metavar="SOURCE", help="with --data: the model whose tokenizer and features to use")
     _overrides(audit)
     audit.add_argument("--output", "-o", help="where audit.json goes (default: runs/<config name>-audit)")
     audit.add_argument(
@@ -165,9 +169,11 @@ def _report_training(args, run_dir: Path, results: dict) -> dict:
     from tunelab.rundir import REPORT
 
     if not args.json and _is_main_process():
-        for warning in terminal.warnings_for(results):
-            stderr.print(f"[yellow]warning:[/] {warning}")
         stdout.print(terminal.results_table(results))
+        for split in results["final"]:
+            table = terminal.groups_table(results, split)
+            if table is not None:
+                stdout.print(table)
         for line in terminal.run_summary_lines(results):
             stdout.print(line)
         stdout.print(f"run directory: {run_dir}   report: {run_dir / REPORT}")
@@ -204,15 +210,25 @@ def cmd_compare(args) -> dict:
 
 
 def cmd_audit(args) -> dict:
-    from tunelab.config import load_config
     from tunelab.recipes.audit import AUDIT_JSON, AUDIT_PAGE, run_audit
-    from tunelab.report.terminal import audit_table, domain_gap_line, suspects_table
+    from tunelab.report.terminal import (
+        audit_groups_table,
+        audit_table,
+        base_model_line,
+        domain_gap_line,
+        suspects_table,
+    )
 
-    config = load_config(args.config, args.overrides)
-    output = Path(args.output or f"runs/{Path(args.config).stem}-audit")
+    config, name = _audit_config(args)
+    output = Path(args.output or f"runs/{name}-audit")
     report = run_audit(config, output, args.probe_rows, args.reference, stderr, show=not args.json)
     if not args.json:
         stdout.print(audit_table(report))
+        groups = audit_groups_table(report)
+        if groups is not None:
+            stdout.print(groups)
+        if "base_model" in report:
+            stdout.print(escape(base_model_line(report["base_model"])))
         if "classifier_auc" in report.get("domain_gap", {}):
             stdout.print(escape(domain_gap_line(report["domain_gap"])))
         if report.get("label_errors", {}).get("suspects"):
@@ -221,6 +237,28 @@ def cmd_audit(args) -> dict:
             stderr.print(f"[yellow]warning:[/] {escape(line)}")
         stdout.print(f"audit: {output / AUDIT_JSON}   report: {output / AUDIT_PAGE}")
     return report
+
+
+def _audit_config(args):
+    """The config to audit and a name for its output: a config file, or --data and friends."""
+    from tunelab.config import load_config
+
+    files = {"train": args.data, "validation": args.validation, "test": args.test}
+    if args.config:
+        options = {"data": args.data, "validation": args.validation, "test": args.test, "model": args.model}
+        given = [f"--{key}" for key, value in options.items() if value]
+        if given:
+            raise UserError(f"audit: {given[0]} goes without CONFIG; with a config use --set data.train=... instead")
+        return load_config(args.config, args.overrides), Path(args.config).stem
+    if not args.data:
+        raise UserError("audit: give a config file (CONFIG) or a data file (--data FILE)")
+    task = "image-classification" if Path(args.data).is_dir() else "text-classification"
+    base = {
+        "task": task,
+        "model": {"source": args.model or ("minilm" if task == "text-classification" else "cnn")},
+        "data": {key: value for key, value in files.items() if value},
+    }
+    return load_config(None, args.overrides, base=base), Path(args.data).stem
 
 
 def cmd_export(args) -> dict:
@@ -234,11 +272,15 @@ def cmd_export(args) -> dict:
 
 def cmd_eval(args) -> dict:
     from tunelab.recipes.evaluate import run_evaluation
-    from tunelab.report.terminal import metrics_only_table
+    from tunelab.report.terminal import groups_table, metrics_only_table
 
     metrics = run_evaluation(Path(args.run_dir), args.data, progress=not (args.quiet or args.json))
     if not args.json:
         stdout.print(metrics_only_table(metrics, f"evaluation of {args.run_dir}"))
+        for split in metrics:
+            table = groups_table({"final": metrics}, split)
+            if table is not None:
+                stdout.print(table)
     return metrics
 
 

@@ -47,6 +47,25 @@ class PrepareConfig(Section):
     deduplicate: bool = Field(False, description="keep the first of rows with the same text (after clean-up)")
 
 
+class AugmentConfig(Section):
+    """Random changes to training images, drawn afresh each epoch; validation and test stay as they are."""
+
+    horizontal_flip: bool = Field(False, description="mirror left to right with probability 0.5")
+    random_crop: float | None = Field(
+        None, gt=0.0, le=1.0, description="random resized crop: the smallest fraction of the image area kept"
+    )
+    color_jitter: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="brightness, contrast and saturation each scaled by a random factor in [1-x, 1+x]",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.horizontal_flip or self.random_crop is not None or self.color_jitter > 0
+
+
 class DataConfig(Section):
     train: str = Field(..., description="a csv/tsv/jsonl/parquet file, an image folder, or 'digits'")
     validation: str | None = None
@@ -55,18 +74,33 @@ class DataConfig(Section):
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    group_column: str | None = Field(
+        None, description="a column naming each row's group (e.g. dialect, region): per-group metrics and the gap"
+    )
+    label_names: dict[str, str] = Field(
+        default_factory=dict,
+        description="label as written -> a phrase naming it (0: negative); lets the audit score the base model "
+        "zero-shot when labels are numbers",
+    )
     max_length: int = Field(128, ge=8, le=8192)
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
     image_size: int | None = Field(None, ge=4, le=2048)
     # Built-in digits only: which classes make the task and how many training images per class.
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     digits_classes: list[int] = Field(default_factory=lambda: list(range(10)))
     digits_train_per_class: int | None = Field(None, ge=1)
     digits_validation_per_class: int = Field(20, ge=1)
     digits_pretext: Literal["none", "dihedral"] = Field(
         "none", description="dihedral: also label each image's rotation/flip (8x the classes), a pretext task"
     )
+
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _label_keys_as_text(cls, value: Any) -> Any:
+        # YAML reads `0: negative` with an integer key; labels are compared as text everywhere.
+        return {str(key): name for key, name in value.items()} if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _digits_classes_valid(self) -> DataConfig:
@@ -222,6 +256,17 @@ class TrainConfig(Section):
     class_weights: Literal["balanced"] | None = Field(
         None, description="balanced: weight the loss by inverse class frequency in train (imbalanced data)"
     )
+    resample: Literal["oversample", "undersample"] | None = Field(
+        None,
+        description="balance train by repeating rows of smaller classes (oversample) or dropping rows of "
+        "larger ones (undersample); validation and test stay as they are",
+    )
+
+    @model_validator(mode="after")
+    def _one_imbalance_remedy(self) -> TrainConfig:
+        if self.class_weights and self.resample:
+            raise ValueError("class_weights and resample both correct class imbalance; choose one")
+        return self
 
     @field_validator("eval_every", "checkpoint_every")
     @classmethod
@@ -277,6 +322,16 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"task '{self.task}' is planned but not available yet; use one of: {', '.join(SUPPORTED_TASKS)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _augment_needs_image_files(self) -> RunConfig:
+        if not self.data.augment.enabled:
+            return self
+        if self.task != "image-classification":
+            raise ValueError(f"data.augment: augmentation applies to image folders, not to task {self.task}")
+        if self.data.train == "digits":
+            raise ValueError("data.augment: augmentation applies to image folders, not to the built-in digits")
         return self
 
 

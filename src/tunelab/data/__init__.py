@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from tunelab.config import RunConfig
 from tunelab.data import digits
+from tunelab.data.augment import AugmentedImages
 from tunelab.data.images import load_images
 from tunelab.data.labels import LabelMap
 from tunelab.data.prepare import prepare_split
@@ -39,6 +40,7 @@ class PreparedData:
     labels: LabelMap
     truncated: dict[str, int]
     notes: list[str]
+    groups: dict[str, list[str]] = field(default_factory=dict)  # split -> each example's group, when given
 
 
 def read_data(config: RunConfig) -> RawData:
@@ -72,10 +74,16 @@ def read_data(config: RunConfig) -> RawData:
         for role in ("validation", "test"):
             if role in splits and len(splits[role].labels) > data.max_eval_examples:
                 splits[role] = _subsample(splits[role], data.max_eval_examples, config.seed)
+    if config.train.resample:
+        splits["train"], preparation.setdefault("train", {})["resample"] = _resample(
+            splits["train"], config.train.resample, config.seed
+        )
     splits = {name: splits[name] for name in ("train", "validation", "test") if name in splits}
     labels = LabelMap.from_labels(splits["train"].labels)
     for name, split in splits.items():
         labels.encode(split.labels, f"data.{name}")  # fail early on a class train never saw
+    if data.augment.enabled:  # applied as train is prepared, drawn afresh each epoch
+        preparation.setdefault("train", {})["augment"] = data.augment.model_dump()
     return RawData(splits, labels, notes=notes, preparation=preparation)
 
 
@@ -88,17 +96,29 @@ def prepare_data(raw: RawData, loaded, config: RunConfig) -> PreparedData:
             datasets[name] = digits.as_dataset(split.inputs, ids)
         elif config.task == "text-classification":
             datasets[name], truncated[name] = tokenize(loaded.tokenizer, split.inputs, ids, config.data.max_length)
+        elif name == "train" and config.data.augment.enabled:
+            augment, seed = config.data.augment, config.seed
+            datasets[name] = AugmentedImages.load(split.inputs, ids, loaded.image_transform, augment, seed, name)
         else:
             datasets[name] = load_images(split.inputs, ids, loaded.image_transform, name)
-    return PreparedData(datasets, raw.labels, truncated, raw.notes)
+    groups = {name: split.groups for name, split in raw.splits.items() if split.groups is not None}
+    return PreparedData(datasets, raw.labels, truncated, raw.notes, groups)
 
 
 def _reader_for(config: RunConfig):
-    if config.task == "image-classification":
-        return image_folder_split
     data = config.data
+    if config.task == "image-classification":
+        if data.group_column:
+            raise UserError("data.group_column: image folders have no columns; groups apply to table data")
+        return image_folder_split
     return lambda path, role: table_split(
-        path, role, data.text_column, data.label_column, data.text_pair_column, allow_blank=data.prepare.drop_empty
+        path,
+        role,
+        data.text_column,
+        data.label_column,
+        data.text_pair_column,
+        allow_blank=data.prepare.drop_empty,
+        group_column=data.group_column,
     )
 
 
@@ -129,7 +149,31 @@ def _hold_out(split: RawSplit, fraction: float, seed: int) -> tuple[RawSplit, Ra
         train_idx, val_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError as error:
         raise UserError(f"data.validation_fraction: cannot hold out {fraction} of train: {error}") from None
-    return _take(split, train_idx, "train"), _take(split, val_idx, "validation")
+    return split.subset(train_idx, "train"), split.subset(val_idx, "validation")
+
+
+def _resample(split: RawSplit, method: str, seed: int) -> tuple[RawSplit, dict]:
+    """Every class of train brought to the size of the largest (oversample, rows drawn again with
+    replacement) or of the smallest (undersample, rows drawn without), with the counts recorded."""
+    rng = np.random.default_rng(seed)
+    labels = np.array(split.labels)
+    rows_by_class = {label: np.flatnonzero(labels == label) for label in sorted(set(split.labels))}
+    sizes = [len(rows) for rows in rows_by_class.values()]
+    target = max(sizes) if method == "oversample" else min(sizes)
+    chosen = []
+    for rows in rows_by_class.values():
+        if method == "oversample":
+            chosen += [*rows, *rng.choice(rows, target - len(rows), replace=True)]
+        else:
+            chosen += list(rng.choice(rows, target, replace=False))
+    record = {
+        "method": method,
+        "rows_in": len(labels),
+        "rows_out": len(chosen),
+        "per_class_before": {label: len(rows) for label, rows in rows_by_class.items()},
+        "per_class_after": target,
+    }
+    return split.subset(np.sort(chosen)), record
 
 
 def _subsample(split: RawSplit, size: int, seed: int) -> RawSplit:
@@ -137,12 +181,4 @@ def _subsample(split: RawSplit, size: int, seed: int) -> RawSplit:
     counts = np.unique(split.labels, return_counts=True)[1]
     stratify = split.labels if counts.min() >= 2 and size >= len(counts) else None
     chosen, _ = train_test_split(indices, train_size=size, random_state=seed, stratify=stratify)
-    return _take(split, np.sort(chosen), split.name)
-
-
-def _take(split: RawSplit, indices, name: str) -> RawSplit:
-    if hasattr(split.inputs, "index_select"):  # a tensor of images (built-in digits)
-        inputs = split.inputs[list(indices)]
-    else:
-        inputs = [split.inputs[i] for i in indices]
-    return RawSplit(name, inputs, [split.labels[i] for i in indices], split.source)
+    return split.subset(np.sort(chosen))

@@ -4,7 +4,8 @@ Near-duplicates are found with character n-gram TF-IDF vectors and a cosine radi
 (scikit-learn), which catches the edits that matter in practice (case, punctuation, a changed
 word) in well under a second for ten thousand rows. Exact duplicates compare normalised text
 (Unicode NFKC, case-folded, whitespace collapsed). Images are checked by decoding each file;
-identical files are found by hashing their bytes.
+identical files are found by hashing their bytes, near copies (re-encoded, resized, brightened)
+by perceptual hashes (data/near_images.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.config import RunConfig
-from tunelab.data.readers import check_label_types, image_folder_split, is_blank, read_table, require_columns
+from tunelab.data.near_images import fingerprint, near_pairs
+from tunelab.data.readers import (
+    check_label_types,
+    group_values,
+    image_folder_split,
+    is_blank,
+    label_text,
+    read_table,
+    require_columns,
+)
 from tunelab.errors import UserError
 
 NEAR_SIMILARITY = 0.8  # cosine of character n-gram vectors: one word changed in eight scores ~0.88
@@ -56,6 +66,8 @@ def audit(
         chosen = [usable[i] for i in _sample(len(usable), probe_rows, rng)]
         train_features = features([train["inputs"][i] for i in chosen])
         report["label_errors"] = _label_errors(train, chosen, train_features, config.seed)
+        labels = [train["labels"][i] for i in chosen]
+        report["base_model"] = _base_model_read(train_features, labels, report["label_errors"], config, features)
         if reference:
             report["domain_gap"] = _domain_gap(train_features, reference, config, features, probe_rows, rng)
     report["warnings"] = warnings(report)
@@ -77,10 +89,43 @@ def _domain_gap(train_features, reference: str, config: RunConfig, features, pro
     return {"reference": str(reference)} | domain_gap(train_features, features(references), config.seed)
 
 
+def _base_model_read(train_features, labels: list[str], errors: dict, config: RunConfig, features) -> dict:
+    """How much of the task the base model already solves: majority class, zero-shot by label
+    names, and the out-of-fold linear probe (the probe of the label-error search)."""
+    from tunelab.data.label_issues import zero_shot
+
+    counts = Counter(labels)
+    read = {"majority_class": max(counts.values()) / len(labels), "rows": len(labels)}
+    if "probe_accuracy" in errors:
+        read["linear_probe"] = errors["probe_accuracy"]
+    names = {str(key): value for key, value in config.data.label_names.items()}
+    classes = sorted(counts)
+    unnamed = [label for label in classes if label not in names and _is_number_text(label)]
+    if unnamed:
+        read["zero_shot_skipped"] = (
+            f"label '{unnamed[0]}' is a number, not a name; name the labels in data.label_names "
+            "(e.g. {0: negative, 1: positive}) to score the base model zero-shot"
+        )
+    else:
+        phrases = [names.get(label, label) for label in classes]
+        read["zero_shot"] = zero_shot(train_features, labels, features(phrases))
+        read["zero_shot_names"] = dict(zip(classes, phrases, strict=True))
+    return read
+
+
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _label_errors(train: dict, chosen: list[int], train_features, seed: int) -> dict:
     from tunelab.data.label_issues import label_suspects
 
-    found = label_suspects(train_features, [train["labels"][i] for i in chosen], seed)
+    groups = [train["groups"][i] for i in chosen] if train.get("groups") else None
+    found = label_suspects(train_features, [train["labels"][i] for i in chosen], seed, groups)
     if "skipped" in found:
         return found
     to_file_row = {position + 1: chosen[position] + 1 for position in range(len(chosen))}
@@ -96,15 +141,22 @@ def _read(path: str, role: str, config: RunConfig) -> dict:
     """Inputs and labels as written, blanks kept (they are findings here, not errors)."""
     where = f"data.{role}"
     if Path(path).is_dir():
+        if config.data.group_column:
+            raise UserError("data.group_column: image folders have no columns; groups apply to table data")
         split = image_folder_split(path, role)
-        return {"kind": "images", "inputs": split.inputs, "labels": split.labels, "path": str(path)}
+        prints = [fingerprint(file) for file in split.inputs]  # each file read once, here
+        return {"kind": "images", "inputs": split.inputs, "labels": split.labels, "path": str(path), "prints": prints}
     frame = read_table(path, where)
     data = config.data
     require_columns(frame, [data.text_column, data.label_column], where, path)
     check_label_types(frame[data.label_column].tolist(), data.label_column, where, path)
     texts = ["" if is_blank(value) else str(value) for value in frame[data.text_column].tolist()]
-    labels = ["" if is_blank(value) else str(value).strip() for value in frame[data.label_column].tolist()]
-    return {"kind": "text", "inputs": texts, "labels": labels, "path": str(path)}
+    labels = ["" if is_blank(value) else label_text(value) for value in frame[data.label_column].tolist()]
+    found = {"kind": "text", "inputs": texts, "labels": labels, "path": str(path)}
+    if data.group_column:
+        require_columns(frame, [data.group_column], where, path)
+        found["groups"] = group_values(frame[data.group_column].tolist())
+    return found
 
 
 def _split_findings(split: dict, tokenizer, max_length: int) -> dict:
@@ -116,9 +168,13 @@ def _split_findings(split: dict, tokenizer, max_length: int) -> dict:
         "imbalance_ratio": imbalance_ratio(labels),
         "missing_labels": _rows(i for i, label in enumerate(split["labels"]) if not label),
     }
+    if split.get("groups"):
+        found["groups"] = _group_counts(split["groups"], split["labels"])
     if split["kind"] == "images":
-        found["undecodable"] = [str(f) for f in split["inputs"] if not _decodes(f)]
-        found["exact_duplicates"] = _groups(_file_hash(f) for f in split["inputs"])
+        files, prints = split["inputs"], split["prints"]
+        found["undecodable"] = [str(f) for f, p in zip(files, prints, strict=True) if not p.decodes]
+        found["exact_duplicates"] = _groups(p.sha256 for p in prints)
+        found["near_duplicates"] = _near_images(split)
         return found
     texts = split["inputs"]
     found["empty_text"] = _rows(i for i, text in enumerate(texts) if not text.strip())
@@ -136,6 +192,15 @@ def _split_findings(split: dict, tokenizer, max_length: int) -> dict:
             "histogram": _histogram(lengths),
         }
     return found
+
+
+def _group_counts(groups: list[str], labels: list[str]) -> dict:
+    """Rows and label distribution of each group, largest group first."""
+    by_group: dict[str, Counter] = {}
+    for group, label in zip(groups, labels, strict=True):
+        by_group.setdefault(group, Counter())[label or "(missing)"] += 1
+    ordered = sorted(by_group.items(), key=lambda item: -sum(item[1].values()))
+    return {group: {"rows": sum(counts.values()), "labels": dict(counts)} for group, counts in ordered}
 
 
 def _histogram(lengths: np.ndarray) -> dict:
@@ -167,7 +232,7 @@ def _near_pairs(texts: list[str], others: list[str], same: bool = True) -> dict:
     keep = [i for i, t in enumerate(texts) if t.strip()]
     keep_other = keep if same else [i for i, t in enumerate(others) if t.strip()]
     if not keep or not keep_other:
-        return {"count": 0, "examples": []}
+        return {"count": 0, "rows": 0, "examples": []}
     normal = {i: normalise(texts[i]) for i in keep}  # once per text, for the vectors and the exact-match test
     normal_other = normal if same else {i: normalise(others[i]) for i in keep_other}
     vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), lowercase=False, sublinear_tf=True)
@@ -185,28 +250,33 @@ def _near_pairs(texts: list[str], others: list[str], same: bool = True) -> dict:
                 continue
             pairs.append((first + 1, second + 1, round(1 - float(distance), 3)))
     pairs.sort(key=lambda pair: -pair[2])
-    return {"count": len(pairs), "examples": [list(pair) for pair in pairs[:SHOWN]]}
+    return _pairs_found(pairs, [list(pair) for pair in pairs[:SHOWN]])
+
+
+def _pairs_found(pairs: list[tuple], examples: list) -> dict:
+    """Near pairs as reported: how many pairs, how many distinct first-side rows (for leakage: rows
+    of validation/test with a near copy in train), and the closest few."""
+    return {"count": len(pairs), "rows": len({pair[0] for pair in pairs}), "examples": examples}
 
 
 def _leakage(train: dict, other: dict) -> dict:
     """Rows of ``other`` that also appear in train, exactly or nearly."""
     if train["kind"] == "images":
-        seen = {_file_hash(f) for f in train["inputs"]}
-        return {"exact": _rows(i for i, f in enumerate(other["inputs"]) if _file_hash(f) in seen)}
+        seen = {p.sha256 for p in train["prints"]}
+        exact = _rows(i for i, p in enumerate(other["prints"]) if p.sha256 in seen)
+        return {"exact": exact, "near": _near_images(other, train)}
     seen = {_text_key(t) for t in train["inputs"] if t.strip()}
     exact = _rows(i for i, t in enumerate(other["inputs"]) if t.strip() and _text_key(t) in seen)
     return {"exact": exact, "near": _near_pairs(other["inputs"], train["inputs"], same=False)}
 
 
-def _decodes(path: Path) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-        return True
-    except Exception:  # PIL raises many types for damaged files; any of them means "cannot decode"
-        return False
+def _near_images(split: dict, other: dict | None = None) -> dict:
+    """Pairs of near-copy images within ``split`` (or between it and ``other``) as their files and
+    similarity: the shape of text's near-duplicate pairs, with files for rows."""
+    pairs = near_pairs(split["prints"], other["prints"] if other else None)
+    other_files = (other or split)["inputs"]
+    examples = [[str(split["inputs"][a]), str(other_files[b]), similarity] for a, b, similarity in pairs[:SHOWN]]
+    return _pairs_found(pairs, examples)
 
 
 def _file_hash(path: Path) -> str:
@@ -217,7 +287,7 @@ def warnings(report: dict) -> list[str]:
     """What a user must hear before training: leakage, heavy imbalance, truncation, bad rows."""
     said = []
     for role, found in report["leakage"].items():
-        exact, near = found["exact"]["count"], found.get("near", {}).get("count", 0)
+        exact, near = found["exact"]["count"], found.get("near", {}).get("rows", 0)
         if exact or near:
             said.append(f"leakage: {exact} {role} rows also in train exactly, {near} nearly")
     for role, found in report["splits"].items():

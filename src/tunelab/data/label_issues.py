@@ -36,8 +36,9 @@ def text_features(loaded, texts: list[str], max_length: int, batch_size: int = 1
     return np.concatenate(features)
 
 
-def label_suspects(features: np.ndarray, labels: list[str], seed: int = 0) -> dict:
-    """Out-of-fold probe accuracy, and the rows ranked from most to least suspect."""
+def label_suspects(features: np.ndarray, labels: list[str], seed: int = 0, groups: list[str] | None = None) -> dict:
+    """Out-of-fold probe accuracy (per group too, given ``groups``), and the rows ranked from
+    most to least suspect."""
     from cleanlab.rank import get_label_quality_scores
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -55,7 +56,7 @@ def label_suspects(features: np.ndarray, labels: list[str], seed: int = 0) -> di
     scores = get_label_quality_scores(given, probabilities)
     order = np.argsort(scores, kind="stable")
     suggested = probabilities.argmax(1)
-    return {
+    found = {
         "probe_accuracy": float((suggested == given).mean()),
         "top_tenth": (order[: -(-len(order) // 10)] + 1).tolist(),  # the most suspect 10%, 1-based
         "suspects": [
@@ -68,6 +69,21 @@ def label_suspects(features: np.ndarray, labels: list[str], seed: int = 0) -> di
             for i in order[:SHOWN_SUSPECTS]
         ],
     }
+    if groups is not None:
+        from tunelab.evaluate.fairness import group_metrics
+
+        found["groups"] = group_metrics(given, suggested, groups, len(names))
+    return found
+
+
+def zero_shot(features: np.ndarray, labels: list[str], name_features: np.ndarray) -> float:
+    """Accuracy of labelling each row with the class whose name embeds closest (cosine), the base
+    model's zero-shot read of the task; ``name_features`` holds one row per sorted class."""
+    names = sorted(set(labels))
+    given = np.array([names.index(label) for label in labels])
+    rows = features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-12)
+    classes = name_features / (np.linalg.norm(name_features, axis=1, keepdims=True) + 1e-12)
+    return float(((rows @ classes.T).argmax(1) == given).mean())
 
 
 def domain_gap(target: np.ndarray, reference: np.ndarray, seed: int = 0) -> dict:

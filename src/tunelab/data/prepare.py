@@ -29,14 +29,7 @@ def prepared_input(item, settings: PrepareConfig):
 def prepare_split(split: RawSplit, settings: PrepareConfig) -> tuple[RawSplit, dict]:
     """The cleaned split and, per step, how many rows it changed or removed."""
 
-    def clean(item):
-        return (
-            tuple(clean_text(part, settings) for part in item)
-            if isinstance(item, tuple)
-            else clean_text(item, settings)
-        )
-
-    cleaned = [clean(item) for item in split.inputs]
+    cleaned = [prepared_input(item, settings) for item in split.inputs]
     record = {"rows_in": len(cleaned), "changed": sum(a != b for a, b in zip(cleaned, split.inputs, strict=True))}
     keep = list(range(len(cleaned)))
     if settings.drop_empty:
@@ -51,7 +44,7 @@ def prepare_split(split: RawSplit, settings: PrepareConfig) -> tuple[RawSplit, d
         record["duplicates_dropped"] = len(keep) - len(unique)
         keep = unique
     record["rows_out"] = len(keep)
-    prepared = RawSplit(split.name, [cleaned[i] for i in keep], [split.labels[i] for i in keep], split.source)
+    prepared = RawSplit(split.name, cleaned, split.labels, split.source, split.groups).subset(keep)
     return prepared, record
 
 

@@ -26,6 +26,15 @@ class RawSplit:
     inputs: list
     labels: list
     source: str
+    groups: list[str] | None = None  # data.group_column, for per-group (fairness) metrics
+
+    def subset(self, indices, name: str | None = None) -> RawSplit:
+        """The rows at ``indices``, in that order, inputs, labels and groups together."""
+        indices = list(indices)
+        tensor = hasattr(self.inputs, "index_select")  # the built-in digits are a tensor of images
+        inputs = self.inputs[indices] if tensor else [self.inputs[i] for i in indices]
+        groups = None if self.groups is None else [self.groups[i] for i in indices]
+        return RawSplit(name or self.name, inputs, [self.labels[i] for i in indices], self.source, groups)
 
 
 def read_table(path: str | Path, where: str) -> pd.DataFrame:
@@ -122,10 +131,16 @@ def table_split(
     pair_column: str | None = None,
     where: str | None = None,
     allow_blank: bool = False,
+    group_column: str | None = None,
+    groups_required: bool = True,
 ) -> RawSplit:
+    """One table as a split; a ``group_column`` the file lacks is an error unless not ``groups_required``."""
     where = where or f"data.{role}"
     frame = read_table(path, where)
-    require_columns(frame, [text_column, label_column] + ([pair_column] if pair_column else []), where, path)
+    if group_column and not groups_required and group_column not in frame.columns:
+        group_column = None
+    optional = [column for column in (pair_column, group_column) if column]
+    require_columns(frame, [text_column, label_column, *optional], where, path)
     texts = _text_column(frame, text_column, where, path, allow_blank)
     pairs = _text_column(frame, pair_column, where, path, allow_blank) if pair_column else None
     inputs = list(zip(texts, pairs, strict=True)) if pairs else texts
@@ -136,7 +151,16 @@ def table_split(
         raise UserError(
             f"{where}: {len(missing)} row(s) of {path} have no '{label_column}' (first: data row {missing[0] + 1})"
         )
-    return RawSplit(role, inputs, [_label_text(label) for label in labels], str(path))
+    groups = group_values(frame[group_column].tolist()) if group_column else None
+    return RawSplit(role, inputs, [label_text(label) for label in labels], str(path), groups)
+
+
+MISSING_GROUP = "(missing)"
+
+
+def group_values(values: list) -> list[str]:
+    """Group names as text; a blank cell is its own group rather than an error."""
+    return [MISSING_GROUP if is_blank(value) else label_text(value) for value in values]
 
 
 def _text_column(frame: pd.DataFrame, column: str, where: str, path: Path, allow_blank: bool = False) -> list[str]:
@@ -156,7 +180,7 @@ def is_blank(value: object) -> bool:
     return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
 
 
-def _label_text(label: object) -> str:
+def label_text(label: object) -> str:
     # 1 and 1.0 and "1" name the same class whichever reader produced them.
     if isinstance(label, float) and label.is_integer():
         return str(int(label))

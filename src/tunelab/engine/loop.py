@@ -72,6 +72,8 @@ def fit(
             batches.set_epoch(epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
+        if hasattr(getattr(train_loader, "dataset", None), "set_epoch"):  # augmentation drawn per (seed, epoch)
+            train_loader.dataset.set_epoch(epoch)
         if resume_rng is not None and not skip:
             restore_rng(resume_rng)  # an epoch-end checkpoint: its state predates this epoch's iterator
             resume_rng = None

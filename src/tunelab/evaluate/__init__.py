@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tunelab.evaluate.fairness import group_metrics
 from tunelab.evaluate.metrics import classification_metrics
 
 
@@ -47,15 +48,26 @@ def collect_logits(model, loader, accelerator, advance=None) -> tuple[torch.Tens
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def evaluate_split(model, loader, accelerator, num_labels: int, advance=None) -> dict:
+def evaluate_split(model, loader, accelerator, num_labels: int, advance=None, groups: list | None = None) -> dict:
+    """Metrics of one split; with ``groups`` (one name per example, in loader order) also per group."""
     logits, labels = collect_logits(model, loader, accelerator, advance)
-    return classification_metrics(logits, labels, num_labels)
+    metrics = classification_metrics(logits, labels, num_labels)
+    if groups is not None:
+        metrics["groups"] = group_metrics(labels.numpy(), logits.argmax(dim=-1).numpy(), groups, num_labels)
+    return metrics
 
 
-def evaluate_splits(model, loaders: dict, accelerator, num_labels: int, console=None, title: str = "") -> dict:
-    """Metrics for every split, with a transient progress bar over batches when a console is given."""
+def evaluate_splits(
+    model, loaders: dict, accelerator, num_labels: int, console=None, title: str = "", groups: dict | None = None
+) -> dict:
+    """Metrics for every split, with a transient progress bar over batches when a console is given.
+    ``groups`` maps a split name to its examples' group names (data.group_column)."""
+    groups = groups or {}
     if console is None or not accelerator.is_main_process:
-        return {name: evaluate_split(model, loader, accelerator, num_labels) for name, loader in loaders.items()}
+        return {
+            name: evaluate_split(model, loader, accelerator, num_labels, groups=groups.get(name))
+            for name, loader in loaders.items()
+        }
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     columns = (TextColumn(f"[bold]{title or 'evaluating'}[/] {{task.description}}"), BarColumn(), MofNCompleteColumn())
@@ -63,7 +75,8 @@ def evaluate_splits(model, loaders: dict, accelerator, num_labels: int, console=
         results = {}
         for name, loader in loaders.items():
             task = progress.add_task(name, total=len(loader))
-            results[name] = evaluate_split(model, loader, accelerator, num_labels, lambda t=task: progress.advance(t))
+            advance = lambda t=task: progress.advance(t)  # noqa: E731
+            results[name] = evaluate_split(model, loader, accelerator, num_labels, advance, groups.get(name))
         return results
 
 

@@ -94,6 +94,10 @@ def load_model(config, labels, channels: int = 3) -> LoadedModel:
         else:
             raise UserError(f"model.source: {folder} has no config.json; not a Hugging Face model folder")
     loaded.spec = str(Path(source).resolve()) if Path(source).is_dir() else source
+    if loaded.image_processor is not None and config.data.image_size is not None:
+        # The processor's size is the one the model was trained at (a ViT's position embeddings fit it);
+        # checked here, not on reload, so runs made before this check still load.
+        raise UserError("data.image_size: this model's image processor sets the input size; remove data.image_size")
     if config.model.dropout is not None:
         set_dropout(loaded.model, config.model.dropout)
     if config.model.gradient_checkpointing:

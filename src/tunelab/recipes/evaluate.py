@@ -36,7 +36,14 @@ def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool =
         else:
             data = config.data
             split = table_split(
-                data_file, "data", data.text_column, data.label_column, data.text_pair_column, where="--data"
+                data_file,
+                "data",
+                data.text_column,
+                data.label_column,
+                data.text_pair_column,
+                where="--data",
+                group_column=data.group_column,
+                groups_required=False,  # an extra test set may come without the group column
             )
         labels.encode(split.labels, "--data")  # fail early on a class the run never learned
         raw = RawData({"data": split}, labels)
@@ -52,4 +59,4 @@ def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool =
         for name, dataset in prepared.datasets.items()
     }
     console = Console(stderr=True) if progress else None
-    return evaluate_splits(model, loaders, accelerator, len(labels), console, "evaluating")
+    return evaluate_splits(model, loaders, accelerator, len(labels), console, "evaluating", prepared.groups)

@@ -14,6 +14,7 @@ from torch.utils.data import Subset
 from tunelab.config import RunConfig, dump_config
 from tunelab.data import prepare_data, read_data
 from tunelab.data.audit import quick_checks
+from tunelab.data.augment import without_augmentation
 from tunelab.data.collate import make_collate
 from tunelab.engine.callbacks import BestWeights, EarlyStopping, MetricsFile, ProgressBar, TrainState
 from tunelab.engine.checkpoint import Checkpointer, load_latest, truncate_lines
@@ -59,6 +60,11 @@ def run_training(
         warn(line)
     loaded = load_model(config, raw.labels, raw.channels)
     data = prepare_data(raw, loaded, config)
+    for name, count in data.truncated.items():
+        if count:
+            line = f"{name}: {count} of {len(data.datasets[name])} rows are longer than data.max_length"
+            data_warnings.append(f"{line} ({config.data.max_length} tokens) and are cut")
+            warn(data_warnings[-1])
     strategy = build_strategy(config.strategy, loaded.fresh_head)
     model = strategy.apply(loaded.model)
     _, total = count_parameters(model)
@@ -76,7 +82,7 @@ def run_training(
 
     collate = make_collate(loaded, config.task)
     train_dl, sampler = train_loader(data.datasets["train"], config.train.batch_size, collate, config.seed)
-    eval_sets = _evaluation_sets(data.datasets, config)
+    eval_sets, eval_groups = _evaluation_sets(data, config)
     eval_dls = {name: eval_loader(ds, config.train.eval_batch_size, collate) for name, ds in eval_sets.items()}
     model, optimizer, train_dl, *prepared = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
     eval_dls = dict(zip(eval_dls, prepared, strict=True))
@@ -113,7 +119,7 @@ def run_training(
         base = {}
         if config.evaluate.base:
             with without_adapter(model, accelerator.unwrap_model(model)) as base_model:
-                base = evaluate_splits(base_model, eval_dls, accelerator, num_labels, bars, "base model")
+                base = evaluate_splits(base_model, eval_dls, accelerator, num_labels, bars, "base model", eval_groups)
         earlier_seconds = 0.0
 
     started = time.perf_counter()
@@ -152,7 +158,7 @@ def run_training(
         resume_rng=restored["rng"] if restored else None,
     )
     train_seconds = earlier_seconds + time.perf_counter() - started
-    final = evaluate_splits(model, eval_dls, accelerator, num_labels, bars, "fine-tuned model")
+    final = evaluate_splits(model, eval_dls, accelerator, num_labels, bars, "fine-tuned model", eval_groups)
 
     results = {
         "task": config.task,
@@ -166,6 +172,7 @@ def run_training(
         "data_notes": data.notes,
         "data_warnings": data_warnings,
         "preparation": raw.preparation,
+        "group_column": config.data.group_column,
         "fresh_head": loaded.fresh_head,
         "parameters": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
         "base": base,
@@ -215,14 +222,19 @@ def _trains_batch_norm(model: torch.nn.Module, config: RunConfig) -> bool:
     return not config.strategy.freeze_norm_stats and any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
-def _evaluation_sets(datasets: dict, config: RunConfig) -> dict:
-    """Every split; train capped (seeded subset) since it only serves the overfitting gap."""
-    sets = dict(datasets)
+def _evaluation_sets(data, config: RunConfig) -> tuple[dict, dict]:
+    """Every split with its examples' groups; train capped (seeded subset) since it only serves
+    the overfitting gap."""
+    sets, groups = dict(data.datasets), dict(data.groups)
+    sets["train"] = without_augmentation(sets["train"])  # the gap compares train and validation alike
     cap = config.evaluate.max_train_examples
     if cap and len(sets["train"]) > cap:
         chosen = torch.randperm(len(sets["train"]), generator=torch.Generator().manual_seed(config.seed))[:cap]
-        sets["train"] = Subset(sets["train"], sorted(chosen.tolist()))
-    return sets
+        chosen = sorted(chosen.tolist())
+        sets["train"] = Subset(sets["train"], chosen)
+        if "train" in groups:
+            groups["train"] = [groups["train"][i] for i in chosen]
+    return sets, groups
 
 
 def _train_validation_gap(final: dict) -> dict:

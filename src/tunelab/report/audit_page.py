@@ -8,7 +8,7 @@ from pathlib import Path
 from tunelab.io import write_atomic
 from tunelab.report import plots
 from tunelab.report.html import STYLE, image
-from tunelab.report.terminal import domain_gap_line
+from tunelab.report.terminal import base_model_line, domain_gap_line, gap_line
 
 
 def write_audit_page(report: dict, path: Path) -> Path:
@@ -21,7 +21,7 @@ def write_audit_page(report: dict, path: Path) -> Path:
     if report["leakage"]:
         rows = "".join(
             f"<tr><td>{escape(role)}</td><td>{found['exact']['count']}</td>"
-            f"<td>{found.get('near', {}).get('count', '–')}</td></tr>"
+            f"<td>{found.get('near', {}).get('rows', '–')}</td></tr>"
             for role, found in report["leakage"].items()
         )
         sections.append(
@@ -34,6 +34,11 @@ def write_audit_page(report: dict, path: Path) -> Path:
         max_length = next(found["tokens"]["max_length"] for found in splits.values() if "tokens" in found)
         sections.append(image(plots.length_histograms(histograms, max_length), "token lengths"))
     sections.append("</div>")
+    sections += _groups_section(report)
+    if "base_model" in report:
+        sections.append(
+            f"<h2>What the base model already knows</h2><p>{escape(base_model_line(report['base_model']))}</p>"
+        )
     gap = report.get("domain_gap", {})
     if "classifier_auc" in gap:
         sections.append(f"<h2>Domain gap</h2><p>{escape(domain_gap_line(gap))}</p>")
@@ -74,3 +79,25 @@ def _splits_table(splits: dict) -> str:
         ]
         rows.append("<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in cells) + "</tr>")
     return "<table>" + header + "".join(rows) + "</table>"
+
+
+def _groups_section(report: dict) -> list[str]:
+    """Rows per group and label in each split; the probe's accuracy per group in train."""
+    splits = {role: found["groups"] for role, found in report["splits"].items() if "groups" in found}
+    if not splits:
+        return []
+    sections = ["<h2>Groups</h2><div class='grid'>"]
+    for role, groups in splits.items():
+        counts = {}
+        for group, found in groups.items():
+            for label, count in found["labels"].items():
+                counts.setdefault(label, {})[group] = count
+        sections.append(image(plots.grouped_bars(counts, "rows"), f"rows per group and label ({role})"))
+    probe = report.get("label_errors", {}).get("groups")
+    if probe:
+        accuracy = {group: row["accuracy"] for group, row in probe["by_group"].items()}
+        sections.append(image(plots.grouped_bars({"probe": accuracy}, "accuracy", (0, 1.02)), "probe accuracy"))
+    sections.append("</div>")
+    if probe:
+        sections.append(f"<p>Linear probe on the base model, out-of-fold, in train: {escape(gap_line(probe))}</p>")
+    return sections

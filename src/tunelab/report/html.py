@@ -36,6 +36,7 @@ def write_report(run_dir: Path, path: Path) -> Path:
         if evals:
             sections.append(image(plots.metric_curves(evals), "validation metric curves"))
         sections += [image(plots.learning_rate_curve(train_logs), "learning rate curve"), "</div>"]
+    sections += _groups_section(results)
     sections.append("<h2>Confusion matrices (fine-tuned)</h2><div class='grid'>")
     for split in ("validation", "test"):
         if split in results["final"]:
@@ -65,6 +66,35 @@ def metrics_table(base: dict, final: dict) -> str:
             )
     rows.append("</table>")
     return "\n".join(rows)
+
+
+def _groups_section(results: dict) -> list[str]:
+    """Per-group accuracy, base and fine-tuned, for each split scored by group."""
+    from tunelab.report.terminal import gap_line
+
+    split_groups = {split: m["groups"] for split, m in results["final"].items() if "groups" in m}
+    if not split_groups:
+        return []
+    column = results.get("group_column") or "group"
+    sections = [f"<h2>By {escape(column)}</h2>"]
+    for split, tuned in split_groups.items():
+        base = results.get("base", {}).get(split, {}).get("groups")
+        series = {"fine-tuned": {g: row["accuracy"] for g, row in tuned["by_group"].items()}}
+        if base:
+            series = {"base": {g: row["accuracy"] for g, row in base["by_group"].items()}} | series
+        rows = "".join(
+            f"<tr><td>{escape(group)}</td><td>{row['examples']}</td>"
+            f"<td>{_fmt((base or {}).get('by_group', {}).get(group, {}).get('accuracy'))}</td>"
+            f"<td>{_fmt(row['accuracy'])}</td><td>{_fmt(row['f1'])}</td></tr>"
+            for group, row in tuned["by_group"].items()
+        )
+        sections += [
+            f"<h3>{escape(split)}</h3><p>{escape(gap_line(tuned, base))}</p>",
+            "<table><tr><th>group</th><th>examples</th><th>base accuracy</th><th>accuracy</th><th>f1</th></tr>"
+            f"{rows}</table>",
+            image(plots.grouped_bars(series, "accuracy", (0, 1.02)), f"accuracy by {column} ({split})"),
+        ]
+    return sections
 
 
 def _summary(results: dict) -> str:

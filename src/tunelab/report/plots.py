@@ -102,16 +102,23 @@ def metric_vs_trainable(points: list[tuple[str, float, float]], metric: str) -> 
 
 def label_counts(counts_by_split: dict[str, dict[str, int]]) -> str:
     """Grouped bars: how many rows of each label every split holds."""
-    labels = list(next(iter(counts_by_split.values())))
-    for counts in counts_by_split.values():
-        labels += [label for label in counts if label not in labels]
+    return grouped_bars(counts_by_split, "rows")
+
+
+def grouped_bars(values_by_series: dict[str, dict[str, float]], ylabel: str, ylim: tuple | None = None) -> str:
+    """One cluster of bars per category, one bar per series (a split, or base and fine-tuned)."""
+    categories = []
+    for values in values_by_series.values():
+        categories += [category for category in values if category not in categories]
     figure, axis = plt.subplots(figsize=(6, 3.4))
-    width = 0.8 / len(counts_by_split)
-    for index, (split, counts) in enumerate(counts_by_split.items()):
-        positions = [i + index * width for i in range(len(labels))]
-        axis.bar(positions, [counts.get(label, 0) for label in labels], width, label=split)
-    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, rotation=45, ha="right")
-    axis.set_ylabel("rows")
+    width = 0.8 / len(values_by_series)
+    for index, (series, values) in enumerate(values_by_series.items()):
+        positions = [i + index * width for i in range(len(categories))]
+        axis.bar(positions, [values.get(category, 0) for category in categories], width, label=series)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(categories))], categories, rotation=45, ha="right")
+    axis.set_ylabel(ylabel)
+    if ylim:
+        axis.set_ylim(*ylim)
     axis.legend()
     axis.grid(alpha=0.3, axis="y")
     return to_png(figure)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from rich import box
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from tunelab.report.html import SHOWN_METRICS
 
@@ -64,13 +66,43 @@ def run_summary_lines(results: dict) -> list[str]:
     return lines
 
 
-def warnings_for(results: dict) -> list[str]:
-    warnings = []
-    for split, count in results.get("truncated", {}).items():
-        if count:
-            total = results["examples"][split]
-            warnings.append(f"{split}: {count} of {total} examples were longer than max_length and were truncated")
-    return warnings
+def groups_table(results: dict, split: str) -> Group | None:
+    """Per-group accuracy and F1 of one split, base and fine-tuned, with the largest gap below."""
+    tuned = results["final"].get(split, {}).get("groups")
+    if not tuned:
+        return None
+    base = results.get("base", {}).get(split, {}).get("groups", {}).get("by_group", {})
+    table = Table(title=f"{split} by {results.get('group_column') or 'group'}")
+    for column in ("group", "examples", "base accuracy", "accuracy", "f1"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for group, row in tuned["by_group"].items():
+        before = base.get(group, {}).get("accuracy")
+        table.add_row(
+            escape(group), str(row["examples"]), f"[dim]{_fmt(before)}[/]", _fmt(row["accuracy"]), _fmt(row["f1"])
+        )
+    return Group(table, Text(gap_line(tuned, results.get("base", {}).get(split, {}).get("groups"))))
+
+
+def gap_line(tuned: dict, base: dict | None = None) -> str:
+    """ "largest accuracy gap 0.12 (a 0.91 vs b 0.79), base 0.08" and the binary fairness differences."""
+    gap = tuned["largest_gap"]["accuracy"]
+    if gap["gap"] is None:
+        return "one group only: no gap"
+    by_group = tuned["by_group"]
+    high, low = gap["highest"], gap["lowest"]
+    line = (
+        f"largest accuracy gap {gap['gap']:.4f} ({high} {by_group[high]['accuracy']:.4f} "
+        f"vs {low} {by_group[low]['accuracy']:.4f})"
+    )
+    if base and base["largest_gap"]["accuracy"]["gap"] is not None:
+        line += f", base model {base['largest_gap']['accuracy']['gap']:.4f}"
+    for key, name in (
+        ("demographic_parity_difference", "demographic parity"),
+        ("equalized_odds_difference", "equalized odds"),
+    ):
+        if tuned.get(key) is not None:
+            line += f"; {name} difference {tuned[key]:.4f}"
+    return line
 
 
 def predictions_table(rows: list[dict], limit: int = 20) -> Table:
@@ -106,10 +138,39 @@ def audit_table(report: dict) -> Table:
             str(len(found["undecodable"])) if "undecodable" in found else "–",
         )
     for role, found in report["leakage"].items():
-        near = found.get("near", {}).get("count", "–")
+        near = found.get("near", {}).get("rows", "–")
         # Leakage: rows of this split found in train, exactly ("dup") or nearly ("near dup").
         table.add_row(f"{role} ∩ train", "", "", "", "", str(found["exact"]["count"]), str(near), "", "")
     return table
+
+
+def base_model_line(read: dict) -> str:
+    """What the base model already gets right, before any training."""
+    parts = [f"majority class {read['majority_class']:.3f}"]
+    if "zero_shot" in read:
+        parts.append(f"zero-shot by label names {read['zero_shot']:.3f}")
+    if "linear_probe" in read:
+        parts.append(f"linear probe {read['linear_probe']:.3f} (out-of-fold)")
+    line = f"base model on {read['rows']} train rows: accuracy of " + ", ".join(parts)
+    return line + (f"; zero-shot skipped: {read['zero_shot_skipped']}" if "zero_shot_skipped" in read else "")
+
+
+def audit_groups_table(report: dict) -> Group | None:
+    """Rows and labels per group in each split, with the probe's out-of-fold accuracy per group in train."""
+    splits = {role: found["groups"] for role, found in report["splits"].items() if "groups" in found}
+    if not splits:
+        return None
+    probe = report.get("label_errors", {}).get("groups")
+    table = Table(title="groups", box=box.SIMPLE_HEAD)
+    for column in ("split", "group", "rows", "labels", "probe accuracy"):
+        table.add_column(column, justify="right" if column in ("rows", "probe accuracy") else "left")
+    for role, groups in splits.items():
+        for index, (group, found) in enumerate(groups.items()):
+            accuracy = probe["by_group"].get(group, {}).get("accuracy") if probe and role == "train" else None
+            labels = ", ".join(f"{label} {count}" for label, count in found["labels"].items())
+            table.add_row(role if index == 0 else "", escape(group), str(found["rows"]), escape(labels), _fmt(accuracy))
+        table.rows[-1].end_section = True
+    return Group(table, Text("linear probe in train: " + gap_line(probe))) if probe else Group(table)
 
 
 def suspects_table(found: dict, limit: int = 10) -> Table:
