@@ -170,6 +170,9 @@ def _report_training(args, run_dir: Path, results: dict) -> dict:
 
     if not args.json and _is_main_process():
         stdout.print(terminal.results_table(results))
+        retained = terminal.forgetting_table(results)
+        if retained is not None:
+            stdout.print(retained)
         for split in results["final"]:
             table = terminal.groups_table(results, split)
             if table is not None:
@@ -188,7 +191,7 @@ def cmd_compare(args) -> dict:
     from tunelab.config import dump_config, load_config
     from tunelab.io import write_atomic
     from tunelab.recipes.compare import parse_strategies, run_compare
-    from tunelab.report.compare import comparison_table, failure_lines
+    from tunelab.report.compare import comparison_table, failure_lines, forgetting_table, measured_forgetting
     from tunelab.rundir import CONFIG, REPORT, finish_run_dir, prepare_run_dir
 
     config = load_config(args.config, args.overrides)
@@ -203,6 +206,8 @@ def cmd_compare(args) -> dict:
         finish_run_dir(output, succeeded)
     if not args.json:
         stdout.print(comparison_table(summary))
+        if measured_forgetting(summary):
+            stdout.print(forgetting_table(summary))
         for line in failure_lines(summary):
             stdout.print(f"[red]{escape(line)}[/]")
         stdout.print(f"comparison: {output / 'comparison.json'}   report: {output / REPORT}")

@@ -124,6 +124,22 @@ STRATEGY_NAMES = (
 )
 
 
+FORGETTING_METHODS = ("ewc", "l2sp", "lwf", "replay")
+
+
+def run_parts(name: str) -> tuple[str, list[str]]:
+    """``full+ewc+replay`` -> ("full", ["ewc", "replay"]); ValueError naming what is unknown."""
+    strategy, *methods = [part.strip() for part in name.split("+")]
+    if strategy not in STRATEGY_NAMES:
+        raise ValueError(f"'{strategy}' is not a strategy; choose from {', '.join(STRATEGY_NAMES)}")
+    unknown = [method for method in methods if method not in FORGETTING_METHODS]
+    if unknown:
+        raise ValueError(
+            f"'{unknown[0]}' (in {name}) is not a forgetting method; choose from {', '.join(FORGETTING_METHODS)}"
+        )
+    return strategy, methods
+
+
 PEFT_METHODS = ("lora", "prefix", "prompt", "ia3")
 # Per-layer learning rates need the model's own layout, which PEFT wraps: unset for PEFT methods.
 PER_LAYER_RATES_UNSET = {"layer_lr_decay": None, "head_lr": None, "lr_groups": {}}
@@ -283,21 +299,86 @@ class EvaluateConfig(Section):
     )
 
 
+class RetainSetConfig(Section):
+    """Data of a task the base model already does, scored with the base model's own head before and
+    after fine-tuning. Its test split (else validation) is scored; its train split feeds the
+    Fisher estimate of ``ewc`` and the rows ``replay`` mixes in."""
+
+    name: str = Field(..., min_length=1)
+    data: DataConfig
+    seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**32,
+        description="the seed that split this data when the base model learned it (so its test rows stay "
+        "unseen); default: the run's seed",
+    )
+
+
+class EwcSection(Section):
+    strength: float = Field(100.0, gt=0.0, description="lambda: weight of the Fisher-weighted pull to the base")
+    fisher_examples: int = Field(256, ge=1, description="retain train rows the diagonal Fisher is estimated on")
+
+
+class L2spSection(Section):
+    strength: float = Field(0.01, gt=0.0, description="alpha: weight of the squared distance to the base weights")
+
+
+class LwfSection(Section):
+    strength: float = Field(1.0, gt=0.0, description="weight of distillation from the base model's own head")
+    temperature: float = Field(2.0, gt=0.0)
+
+
+class ReplaySection(Section):
+    fraction: float = Field(0.25, gt=0.0, le=4.0, description="retain rows added per batch, as a fraction of it")
+    weight: float = Field(1.0, gt=0.0, description="weight of the loss on those rows")
+
+
+FORGETTING_SECTIONS = {"ewc": EwcSection, "l2sp": L2spSection, "lwf": LwfSection, "replay": ReplaySection}
+
+
+class ForgettingConfig(Section):
+    """Ways to keep what the base model knew; each is off until given (``ewc: {}`` uses defaults),
+    and they combine with each other and with every strategy that trains the model's own weights."""
+
+    ewc: EwcSection | None = None
+    l2sp: L2spSection | None = None
+    lwf: LwfSection | None = None
+    replay: ReplaySection | None = None
+    drift: bool = Field(True, description="report how far the features moved from the base model's (linear CKA)")
+
+    @property
+    def methods(self) -> list[str]:
+        return [name for name in FORGETTING_METHODS if getattr(self, name) is not None]
+
+
 class CompareConfig(Section):
-    strategies: list[Literal[STRATEGY_NAMES]] | None = Field(  # type: ignore[valid-type]
-        None, description="what `tunelab compare` runs when --strategies is not given"
+    strategies: list[str] | None = Field(
+        None,
+        description="what `tunelab compare` runs when --strategies is not given: strategy names, each "
+        "optionally with forgetting methods (full+ewc, lora+lwf+replay)",
     )
     lr: dict[str, float] = Field(default_factory=dict, description="strategy name -> its learning rate")
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="strategy name -> strategy keys for that run (e.g. partial: {...})"
     )
+    forgetting: ForgettingConfig = Field(
+        default_factory=lambda: ForgettingConfig(drift=True),
+        description="settings of the methods a run named strategy+method uses (full+ewc); defaults otherwise",
+    )
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_runs(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or []:
+            run_parts(name)
+        return value
 
     @field_validator("lr", "options")
     @classmethod
     def _known_strategies(cls, value: dict) -> dict:
-        unknown = [name for name in value if name not in STRATEGY_NAMES]
-        if unknown:
-            raise ValueError(f"'{unknown[0]}' is not a strategy; choose from {', '.join(STRATEGY_NAMES)}")
+        for name in value:
+            run_parts(name)
         return value
 
 
@@ -315,6 +396,27 @@ class RunConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
+    retain: list[RetainSetConfig] = Field(
+        default_factory=list, description="tasks the base model already does, measured for forgetting"
+    )
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
+
+    @model_validator(mode="after")
+    def _forgetting_fits(self) -> RunConfig:
+        methods = self.forgetting.methods
+        weights = [name for name in ("ewc", "l2sp") if name in methods]
+        if weights and self.strategy.name in PEFT_METHODS:
+            raise ValueError(
+                f"forgetting.{weights[0]} pulls the model's own weights back, which {self.strategy.name} "
+                "leaves frozen; use lwf or replay, or a strategy that trains them"
+            )
+        needs_data = [name for name in ("ewc", "replay") if name in methods]
+        if needs_data and not self.retain:
+            raise ValueError(f"forgetting.{needs_data[0]} needs a retain set with training rows (retain: [...])")
+        names = [entry.name for entry in self.retain]
+        if len(set(names)) < len(names):
+            raise ValueError("retain: each set needs its own name")
+        return self
 
     @model_validator(mode="after")
     def _task_supported(self) -> RunConfig:

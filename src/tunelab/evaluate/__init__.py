@@ -34,12 +34,16 @@ def balanced_weights(label_ids: list[int], num_labels: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def collect_logits(model, loader, accelerator, advance=None) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_logits(
+    model, loader, accelerator, advance=None, read_logits=output_logits
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of every batch, gathered from all processes; ``read_logits`` takes them
+    from the model's output (or from elsewhere, such as the old head beside it)."""
     model.eval()
     all_logits, all_labels = [], []
     for batch in loader:
         inputs = {key: value for key, value in batch.items() if key != "labels"}
-        logits = output_logits(model(**inputs)).float()
+        logits = read_logits(model(**inputs)).float()
         logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
         all_logits.append(logits.cpu())
         all_labels.append(labels.cpu())
@@ -48,9 +52,11 @@ def collect_logits(model, loader, accelerator, advance=None) -> tuple[torch.Tens
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def evaluate_split(model, loader, accelerator, num_labels: int, advance=None, groups: list | None = None) -> dict:
+def evaluate_split(
+    model, loader, accelerator, num_labels: int, advance=None, groups: list | None = None, read_logits=output_logits
+) -> dict:
     """Metrics of one split; with ``groups`` (one name per example, in loader order) also per group."""
-    logits, labels = collect_logits(model, loader, accelerator, advance)
+    logits, labels = collect_logits(model, loader, accelerator, advance, read_logits)
     metrics = classification_metrics(logits, labels, num_labels)
     if groups is not None:
         metrics["groups"] = group_metrics(labels.numpy(), logits.argmax(dim=-1).numpy(), groups, num_labels)

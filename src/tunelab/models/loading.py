@@ -384,6 +384,25 @@ def _simple_transform(image_size: int, mean: float = 0.5, std: float = 0.5, chan
     return SimpleImageTransform(image_size, mean, std, channels)
 
 
+def own_label_names(config) -> tuple[str, ...]:
+    """The labels the base model's own head names (a tunelab or Hugging Face folder), or ()."""
+    source = config.model.source
+    if source == "digits-cnn":
+        from tunelab.models.builtin import digits_cnn_folder
+
+        folder = digits_cnn_folder()
+    elif source == "minilm":
+        folder = _minilm_folder()
+    elif Path(source).is_dir():
+        folder = Path(source)
+    else:
+        return ()
+    meta = read_meta(folder) if (folder / TUNELAB_META).exists() else {}
+    if "labels" in meta:
+        return tuple(meta["labels"])
+    return _saved_label_names(folder, LABEL_MAP) or _saved_label_names(folder)
+
+
 def read_meta(folder: Path) -> dict:
     path = Path(folder) / TUNELAB_META
     if not path.exists():

@@ -15,7 +15,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tunelab.config import PEFT_METHODS, PER_LAYER_RATES_UNSET, STRATEGY_NAMES, RunConfig, dump_config, validate
+from tunelab.config import (
+    FORGETTING_SECTIONS,
+    PEFT_METHODS,
+    PER_LAYER_RATES_UNSET,
+    RunConfig,
+    dump_config,
+    run_parts,
+    validate,
+)
 from tunelab.errors import UserError
 from tunelab.io import read_jsonl, write_atomic, write_json
 from tunelab.report.html import SHOWN_METRICS
@@ -44,24 +52,35 @@ PARTIAL_DEFAULT = {"train_last_n_blocks": 2}
 def parse_strategies(text: str | None, config: RunConfig) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()] if text else list(config.compare.strategies or [])
     names = names or list(DEFAULT_STRATEGIES)
-    unknown = [name for name in names if name not in STRATEGY_NAMES]
-    if unknown:
-        raise UserError(f"--strategies: '{unknown[0]}' is not a strategy; choose from {', '.join(STRATEGY_NAMES)}")
+    for name in names:
+        try:
+            run_parts(name)
+        except ValueError as error:
+            raise UserError(f"--strategies: {error}") from None
     if len(set(names)) != len(names):
         raise UserError("--strategies: a strategy is named twice")
     return names
 
 
 def strategy_config(config: RunConfig, name: str) -> RunConfig:
-    """The run config for one strategy: its name, its learning rate, its own options."""
+    """The run config for one strategy (``lora``) or strategy with forgetting methods (``full+ewc``):
+    its name, its learning rate, its own options, exactly the methods named."""
+    strategy_name, methods = run_parts(name)
     raw = config.model_dump(mode="json", exclude={"output_dir"})
-    strategy = raw["strategy"] | {"name": name}
-    if name == "partial" and not strategy["freeze"] and strategy["train_last_n_blocks"] is None:
+    strategy = raw["strategy"] | {"name": strategy_name}
+    if strategy_name == "partial" and not strategy["freeze"] and strategy["train_last_n_blocks"] is None:
         strategy |= PARTIAL_DEFAULT
-    if name in PEFT_METHODS:
+    if strategy_name in PEFT_METHODS:
         strategy |= PER_LAYER_RATES_UNSET
-    raw["strategy"] = _merged(strategy, config.compare.options.get(name, {}))
-    raw["optim"]["lr"] = config.compare.lr.get(name, min(10.0, config.optim.lr * LR_FACTOR[name]))
+    options = config.compare.options
+    raw["strategy"] = _merged(strategy, options.get(name, options.get(strategy_name, {})))
+    rates = config.compare.lr
+    default_rate = min(10.0, config.optim.lr * LR_FACTOR[strategy_name])
+    raw["optim"]["lr"] = rates.get(name, rates.get(strategy_name, default_rate))
+    settings = config.compare.forgetting
+    raw["forgetting"] = {"drift": config.forgetting.drift} | {
+        method: (getattr(settings, method) or FORGETTING_SECTIONS[method]()).model_dump() for method in methods
+    }
     return validate(raw, source=f"compare ({name})")
 
 
@@ -122,6 +141,12 @@ def _run_one(name: str, run_config: RunConfig, config_file: Path, run_dir: Path)
         "checkpoint_mb": results["saved_model_mb"],
         "steps": results["steps"],
     }
+    retain = results.get("retain", {})
+    if retain:  # means over the retain sets
+        row["retain_accuracy"] = sum(r["final"]["accuracy"] for r in retain.values()) / len(retain)
+        row["forgetting"] = sum(r["forgetting"] for r in retain.values()) / len(retain)
+    if "drift" in results:
+        row["drift"] = results["drift"]["validation_cka"]
     if results.get("diverged"):
         row["error"] = results["stop_reason"]
     return row

@@ -23,6 +23,7 @@ from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
 from tunelab.evaluate import balanced_weights, classification_loss, evaluate_split, evaluate_splits
+from tunelab.forgetting.setup import forgetting_results, setup_forgetting
 from tunelab.io import folder_megabytes, write_atomic, write_json
 from tunelab.models import load_model, save_model
 from tunelab.models.adapted import without_adapter
@@ -93,11 +94,19 @@ def run_training(
     total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
     scheduler = build_scheduler(optimizer, config.schedule, total_steps)
     state = TrainState(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    class_weights = _class_weights(config, raw, num_labels)
+    forgetting = setup_forgetting(config, loaded, model, accelerator, collate, data.datasets, class_weights)
+    if forgetting is not None and forgetting.loss is not None:
+        loss_fn = forgetting.loss
+    else:
+        loss_fn = functools.partial(classification_loss, weights=class_weights)
     early_stopping = None
     if config.train.early_stopping:
         stopping = config.train.early_stopping
         early_stopping = EarlyStopping(config.train.metric, stopping.patience, stopping.min_delta)
     stateful = {"strategy": strategy} | ({"early_stopping": early_stopping} if early_stopping else {})
+    if loss_fn is getattr(forgetting, "loss", None):
+        stateful["forgetting"] = loss_fn  # where replay has got to
 
     restored = load_latest(run_dir / CHECKPOINTS, accelerator, model, optimizer, scheduler, warn) if resume else None
     if resume and restored is None:
@@ -147,7 +156,7 @@ def run_training(
         optimizer,
         scheduler,
         train_dl,
-        _loss(config, raw, num_labels),
+        loss_fn,
         lambda: evaluate_split(model, eval_dls["validation"], accelerator, num_labels),
         accelerator,
         config.train,
@@ -160,6 +169,9 @@ def run_training(
     train_seconds = earlier_seconds + time.perf_counter() - started
     final = evaluate_splits(model, eval_dls, accelerator, num_labels, bars, "fine-tuned model", eval_groups)
 
+    if forgetting is not None:
+        final_forgetting = forgetting_results(model, forgetting, accelerator)
+        forgetting.tap.remove()
     results = {
         "task": config.task,
         "model_source": config.model.source,
@@ -190,6 +202,8 @@ def run_training(
         "processes": accelerator.num_processes,
         "mixed_precision": config.train.mixed_precision,
     }
+    if forgetting is not None:
+        results |= final_forgetting | {"forgetting_methods": config.forgetting.model_dump(exclude_none=True)}
     if main:
         save_model(loaded, accelerator.unwrap_model(model), run_dir / MODEL, data.labels, config.task)
         results["saved_model_mb"] = folder_megabytes(run_dir / MODEL)
@@ -201,11 +215,10 @@ def run_training(
     return results
 
 
-def _loss(config: RunConfig, raw, num_labels: int):
+def _class_weights(config: RunConfig, raw, num_labels: int) -> torch.Tensor | None:
     if config.train.class_weights != "balanced":
-        return classification_loss
-    weights = balanced_weights(raw.labels.encode(raw.splits["train"].labels, "data.train"), num_labels)
-    return functools.partial(classification_loss, weights=weights)
+        return None
+    return balanced_weights(raw.labels.encode(raw.splits["train"].labels, "data.train"), num_labels)
 
 
 def _warner(console: Console, main: bool):

@@ -23,6 +23,13 @@ COLUMNS = (  # headers on two short lines, so the table fits an 80-column termin
     ("memory", "peak\nMB"),
     ("size", "saved\nMB"),
 )
+FORGETTING_COLUMNS = (  # a second table, when some run measured forgetting
+    ("strategy", "run"),
+    ("test", "new task\ntest {metric}"),
+    ("retain", "retain sets\naccuracy"),
+    ("forget", "forgetting\n(points)"),
+    ("cka", "feature\nCKA"),
+)
 SHORT = {"accuracy": "acc", "precision": "prec", "recall": "rec", "f1": "f1", "auc": "auc", "loss": "loss"}
 
 
@@ -43,7 +50,14 @@ def row_cells(row: dict, metric: str) -> dict[str, str]:
         "seconds": f"{row['train_seconds']:.1f}" if row["train_seconds"] < 100 else f"{row['train_seconds']:.0f}",
         "memory": f"{row['peak_memory_mb']:.0f}",
         "size": f"{row['checkpoint_mb']:.2f}",
+        "retain": "–" if row.get("retain_accuracy") is None else f"{row['retain_accuracy']:.3f}",
+        "forget": "–" if row.get("forgetting") is None else f"{100 * row['forgetting']:.1f}",
+        "cka": "–" if row.get("drift") is None else f"{row['drift']:.3f}",
     }
+
+
+def measured_forgetting(summary: dict) -> bool:
+    return any(row.get("forgetting") is not None for row in summary["rows"])
 
 
 def _count(number: int) -> str:
@@ -53,23 +67,28 @@ def _count(number: int) -> str:
     return str(number)
 
 
-def comparison_table(summary: dict) -> Table:
+def comparison_table(summary: dict, shown: tuple = COLUMNS, title: str = "") -> Table:
     metric = summary["metric"]
     rows = [row_cells(row, metric) for row in summary["rows"]]
     table = Table(
-        title="strategies compared (same data, seed and step budget)",
+        title=title or "strategies compared (same data, seed and step budget)",
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
         collapse_padding=True,
     )
-    for key, title in COLUMNS:
-        header = title.format(metric=SHORT[metric])
+    for key, header in shown:
+        header = header.format(metric=SHORT[metric])
         width = max(len(text) for text in [*header.splitlines(), *(cells.get(key, "") for cells in rows)])
         justify = "left" if key == "strategy" else "right"
         table.add_column(header, justify=justify, no_wrap=True, min_width=width)
     for cells in rows:
-        table.add_row(*(cells.get(key, "") for key, _ in COLUMNS))
+        table.add_row(*(cells.get(key, "") for key, _ in shown))
     return table
+
+
+def forgetting_table(summary: dict) -> Table:
+    """Per run: the new task against what the retain sets lost."""
+    return comparison_table(summary, FORGETTING_COLUMNS, "what each run gained and forgot")
 
 
 def failure_lines(summary: dict) -> list[str]:
@@ -80,15 +99,9 @@ def write_comparison_report(output: Path, summary: dict, path: Path) -> Path:
     from tunelab.recipes.compare import curves
 
     metric = summary["metric"]
-    header = "".join(f"<th>{escape(title.format(metric=metric)).replace(chr(10), ' ')}</th>" for _, title in COLUMNS)
-    body = []
-    for row in summary["rows"]:
-        cells = row_cells(row, metric)
-        body.append("<tr>" + "".join(f"<td>{escape(cells.get(key, ''))}</td>" for key, _ in COLUMNS) + "</tr>")
-    sections = [
-        f"<h1>tunelab compare: {escape(Path(output).name)}</h1>",
-        f"<table><tr>{header}</tr>{''.join(body)}</table>",
-    ]
+    sections = [f"<h1>tunelab compare: {escape(Path(output).name)}</h1>", _html_table(summary, COLUMNS)]
+    if measured_forgetting(summary):
+        sections += ["<h2>Gained and forgotten</h2>", _html_table(summary, FORGETTING_COLUMNS)]
     failed = [row for row in summary["rows"] if row.get("error")]
     for row in failed:
         sections.append(f"<p><b>{escape(row['strategy'])}</b>: {escape(row['error'])}</p>")
@@ -105,9 +118,34 @@ def write_comparison_report(output: Path, summary: dict, path: Path) -> Path:
         for row in summary["rows"]
         if "validation" in row and row["validation"].get(metric) is not None
     ]
+    sections += _gain_and_forgetting(summary, metric)
     if points:
         sections.append(f"<h2>Validation {escape(metric)} against trainable parameters</h2>")
         sections.append(image(plots.metric_vs_trainable(points, metric), "metric vs trainable parameters"))
     page = f"<!doctype html><meta charset='utf-8'><title>tunelab compare</title><style>{STYLE}</style>"
     write_atomic(path, page + "\n".join(sections))
     return path
+
+
+def _html_table(summary: dict, shown: tuple) -> str:
+    metric = summary["metric"]
+    header = "".join(f"<th>{escape(title.format(metric=metric)).replace(chr(10), ' ')}</th>" for _, title in shown)
+    body = []
+    for row in summary["rows"]:
+        cells = row_cells(row, metric)
+        body.append("<tr>" + "".join(f"<td>{escape(cells.get(key, ''))}</td>" for key, _ in shown) + "</tr>")
+    return f"<table><tr>{header}</tr>{''.join(body)}</table>"
+
+
+def _gain_and_forgetting(summary: dict, metric: str) -> list[str]:
+    """What each run gained on the new task against what it lost on the retain sets."""
+    rows = [row for row in summary["rows"] if row.get("forgetting") is not None and "test" in row]
+    if not rows:
+        return []
+    split = "test" if all(row.get("test") for row in rows) else "validation"
+    points = [(row["strategy"], 100 * row["forgetting"], 100 * row[split][metric]) for row in rows]
+    return [
+        f"<h2>New task against forgetting</h2><p>{split} {escape(metric)} on the new task against the drop in "
+        "accuracy on the retain sets (mean over sets), in points: up and to the left is better.</p>",
+        image(plots.gain_vs_forgetting(points, f"{split} {metric} (%)"), "gain against forgetting"),
+    ]

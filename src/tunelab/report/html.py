@@ -36,6 +36,7 @@ def write_report(run_dir: Path, path: Path) -> Path:
         if evals:
             sections.append(image(plots.metric_curves(evals), "validation metric curves"))
         sections += [image(plots.learning_rate_curve(train_logs), "learning rate curve"), "</div>"]
+    sections += _forgetting_section(results)
     sections += _groups_section(results)
     sections.append("<h2>Confusion matrices (fine-tuned)</h2><div class='grid'>")
     for split in ("validation", "test"):
@@ -66,6 +67,35 @@ def metrics_table(base: dict, final: dict) -> str:
             )
     rows.append("</table>")
     return "\n".join(rows)
+
+
+def _forgetting_section(results: dict) -> list[str]:
+    """Retain sets before and after, and how far the features drifted."""
+    sections = []
+    if results.get("retain"):
+        methods = ", ".join(sorted(set(results.get("forgetting_methods", {})) - {"drift"})) or "none"
+        rows = "".join(
+            f"<tr><td>{escape(name)}</td><td>{_fmt(found['base']['accuracy'])}</td>"
+            f"<td>{_fmt(found['final']['accuracy'])}</td><td class='down'>{_fmt(-found['forgetting'], True)}</td></tr>"
+            for name, found in results["retain"].items()
+        )
+        series = {
+            "base": {name: found["base"]["accuracy"] for name, found in results["retain"].items()},
+            "fine-tuned": {name: found["final"]["accuracy"] for name, found in results["retain"].items()},
+        }
+        sections += [
+            f"<h2>Forgetting</h2><p>Accuracy on what the base model already did, through its own head, before and "
+            f"after fine-tuning. Kept by: {escape(methods)}.</p>",
+            f"<table><tr><th>retain set</th><th>base</th><th>fine-tuned</th><th>change</th></tr>{rows}</table>",
+            image(plots.grouped_bars(series, "accuracy", (0, 1.02)), "retain sets before and after"),
+        ]
+    if "drift" in results:
+        cka = results["drift"]["validation_cka"]
+        sections.append(
+            f"<p><b>Feature drift</b>: linear CKA between the base model's and the fine-tuned model's features on "
+            f"validation rows is {cka:.3f} (1 means unchanged up to rotation and scale).</p>"
+        )
+    return sections
 
 
 def _groups_section(results: dict) -> list[str]:

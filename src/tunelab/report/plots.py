@@ -100,6 +100,18 @@ def metric_vs_trainable(points: list[tuple[str, float, float]], metric: str) -> 
     return to_png(figure)
 
 
+def gain_vs_forgetting(points: list[tuple[str, float, float]], ylabel: str) -> str:
+    """One labelled point per run: forgetting (x, lower is better) against the new task (y)."""
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    for name, forgetting, score in points:
+        axis.scatter(forgetting, score)
+        axis.annotate(name, (forgetting, score), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axis.set_xlabel("forgetting on retain sets (points)")
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    return to_png(figure)
+
+
 def label_counts(counts_by_split: dict[str, dict[str, int]]) -> str:
     """Grouped bars: how many rows of each label every split holds."""
     return grouped_bars(counts_by_split, "rows")

@@ -58,6 +58,11 @@ def run_summary_lines(results: dict) -> list[str]:
         lines.append(f"unfrozen in {len(stages)} stages, trainable parameters: {shown}")
     if "saved_model_mb" in results:
         lines.append(f"saved model: {results['saved_model_mb']:.2f} MB")
+    if "drift" in results:
+        lines.append(
+            f"feature drift from the base model: linear CKA {results['drift']['validation_cka']:.3f} "
+            "on validation (1 = unchanged)"
+        )
     gap = results.get("gap", {})
     if "accuracy" in gap:
         lines.append(f"train - validation accuracy gap: {gap['accuracy']:+.4f}")
@@ -81,6 +86,29 @@ def groups_table(results: dict, split: str) -> Group | None:
             escape(group), str(row["examples"]), f"[dim]{_fmt(before)}[/]", _fmt(row["accuracy"]), _fmt(row["f1"])
         )
     return Group(table, Text(gap_line(tuned, results.get("base", {}).get(split, {}).get("groups"))))
+
+
+def forgetting_table(results: dict) -> Table | None:
+    """Each retain set before and after, beside what the new task gained."""
+    retain = results.get("retain")
+    if not retain:
+        return None
+    methods = ", ".join(sorted(set(results.get("forgetting_methods", {})) - {"drift"})) or "none"
+    table = Table(title=f"what the base model knew (kept by: {methods})")
+    for column in ("task", "base", "fine-tuned", "change"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    split = "test" if "test" in results["final"] else "validation"
+    before, after = results.get("base", {}).get(split, {}).get("accuracy"), results["final"][split]["accuracy"]
+    gain = "–" if before is None else f"{after - before:+.4f}"
+    table.add_row(f"new task ({split})", _fmt(before), _fmt(after), gain, end_section=True)
+    for name, found in retain.items():
+        table.add_row(
+            escape(name),
+            _fmt(found["base"]["accuracy"]),
+            _fmt(found["final"]["accuracy"]),
+            f"{-found['forgetting']:+.4f}",
+        )
+    return table
 
 
 def gap_line(tuned: dict, base: dict | None = None) -> str:
