@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+import typing
 from pathlib import Path
 
 import pytest
@@ -448,6 +449,9 @@ def test_bad_command_line(capsys, argv, names):
 def _leaf_keys(model=RunConfig, prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
+        if typing.get_origin(field.annotation) is list:  # a list of sections (retain sets) is one key
+            keys.append(f"{prefix}{name}")
+            continue
         candidates = getattr(field.annotation, "__args__", (field.annotation,))
         section = next((c for c in candidates if isinstance(c, type) and issubclass(c, RunConfig.__base__)), None)
         keys += _leaf_keys(section, f"{prefix}{name}.") if section else [f"{prefix}{name}"]

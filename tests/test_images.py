@@ -109,7 +109,9 @@ def test_cnn_predicts_a_folder_and_a_single_image(cnn_run, image_folder, capsys)
     assert all(row["label"] in CLASSES and 0 < row["probability"] <= 1 for row in rows)
 
     single = predict(capsys, cnn_run, image_folder / "query" / "seven.png")
-    assert single == [rows[1]]
+    # Alone or in a batch, the same answer; the last bits may differ (batch size changes the kernels).
+    assert [(row["input"], row["label"]) for row in single] == [(rows[1]["input"], rows[1]["label"])]
+    assert single[0]["probability"] == pytest.approx(rows[1]["probability"], abs=1e-6)
 
 
 def test_tiny_vit_trains_and_reloads_with_plain_transformers(vit_run, image_folder, capsys):

@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--overwrite", action="store_true", help="replace an existing comparison directory")
     _common(compare)
 
+    continual = commands.add_parser("continual", help="learn tasks one after another; measure what each method keeps")
+    continual.add_argument("config", nargs="?", help="YAML run config with a continual section")
+    _overrides(continual)
+    continual.add_argument("--methods", help="comma-separated, e.g. naive,ewc,replay (default: continual.methods)")
+    continual.add_argument("--output", "-o", help="results directory (default: runs/<config name>-continual)")
+    continual.add_argument("--overwrite", action="store_true", help="replace an existing results directory")
+    continual.add_argument("--resume", metavar="DIR", help="finish an interrupted continual run")
+    _common(continual)
+
     audit = commands.add_parser("audit", help="check the data before training: balance, duplicates, leakage, ...")
     audit.add_argument("config", nargs="?", help="YAML run config (its data section is audited)")
     audit.add_argument("--data", metavar="FILE", help="audit this train file (or image folder) without a config")
@@ -244,6 +253,46 @@ def cmd_audit(args) -> dict:
     return report
 
 
+def cmd_continual(args) -> dict:
+    from tunelab.config import dump_config, load_config
+    from tunelab.io import write_atomic
+    from tunelab.recipes.continual import SUMMARY, run_continual
+    from tunelab.report.continual import matrix_table, summary_table
+    from tunelab.rundir import CONFIG, REPORT, finish_run_dir, prepare_run_dir
+
+    if args.resume:
+        if args.config or args.overrides or args.output or args.overwrite or args.methods:
+            raise UserError("continual --resume: the run's own config.yaml is used; drop the other options")
+        output = Path(args.resume)
+        if not (output / CONFIG).is_file():
+            raise UserError(f"--resume: {output} is not a tunelab continual directory (no {CONFIG})")
+        config = load_config(output / CONFIG)
+        results = run_continual(config, output, stderr, show=not args.json)
+    else:
+        if not args.config:
+            raise UserError("continual: give a config file (CONFIG) or --resume DIR")
+        overrides = list(args.overrides)
+        if args.methods:
+            overrides.append(f"continual.methods=[{args.methods}]")
+        config = load_config(args.config, overrides)
+        if config.continual is None:
+            raise UserError(f"{args.config}: no continual section (continual: {{benchmark: split-digits}})")
+        output = prepare_run_dir(args.output or f"runs/{Path(args.config).stem}-continual", args.overwrite)
+        succeeded = False
+        try:
+            write_atomic(output / CONFIG, dump_config(config))
+            results = run_continual(config, output, stderr, show=not args.json)
+            succeeded = True
+        finally:
+            finish_run_dir(output, succeeded)
+    if not args.json:
+        for method, found in results["methods"].items():
+            stdout.print(matrix_table(method, found))
+        stdout.print(summary_table(results))
+        stdout.print(f"results: {output / SUMMARY}   report: {output / REPORT}")
+    return results
+
+
 def _audit_config(args):
     """The config to audit and a name for its output: a config file, or --data and friends."""
     from tunelab.config import load_config
@@ -310,6 +359,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "export": cmd_export,
     "audit": cmd_audit,
+    "continual": cmd_continual,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "demo": cmd_demo,

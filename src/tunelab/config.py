@@ -334,6 +334,49 @@ class ReplaySection(Section):
     weight: float = Field(1.0, gt=0.0, description="weight of the loss on those rows")
 
 
+SPLIT_DIGITS = "split-digits"
+
+
+class ContinualConfig(Section):
+    """`tunelab continual`: tasks learned one after another, every method a whole sequence."""
+
+    benchmark: Literal["split-digits"] | None = Field(
+        None, description="split-digits: scikit-learn's digits as five tasks of two digits (0/1, 2/3, ...)"
+    )
+    tasks: list[RetainSetConfig] = Field(
+        default_factory=list, description="the tasks in order, each a name and a data section (if no benchmark)"
+    )
+    scenario: Literal["task", "class"] = Field(
+        "task",
+        description="task: a head per task, told which task a row is from; class: one head over every class "
+        "seen, never told",
+    )
+    methods: list[str] = Field(
+        default_factory=lambda: ["naive", "ewc", "replay"],
+        description="each a whole sequence: naive, ewc, lwf, replay, or several joined by + (ewc+replay)",
+    )
+    memory_per_task: int = Field(40, ge=1, description="rows of each finished task kept for replay")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        for name in value:
+            unknown = [part for part in name.split("+") if part not in ("naive", "ewc", "lwf", "replay")]
+            if unknown:
+                raise ValueError(f"'{unknown[0]}' is not a continual method; choose from naive, ewc, lwf, replay")
+        if not value or len(set(value)) < len(value):
+            raise ValueError("name each method once")
+        return value
+
+    @model_validator(mode="after")
+    def _tasks_given(self) -> ContinualConfig:
+        if self.benchmark is None and len(self.tasks) < 2:
+            raise ValueError("give benchmark: split-digits, or two or more tasks")
+        if self.benchmark is not None and self.tasks:
+            raise ValueError("give a benchmark or tasks, not both")
+        return self
+
+
 FORGETTING_SECTIONS = {"ewc": EwcSection, "l2sp": L2spSection, "lwf": LwfSection, "replay": ReplaySection}
 
 
@@ -400,6 +443,15 @@ class RunConfig(BaseModel):
         default_factory=list, description="tasks the base model already does, measured for forgetting"
     )
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
+    continual: ContinualConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _continual_data_template(cls, raw: Any) -> Any:
+        # For a continual run `data` is optional: the split-digits benchmark's template by default.
+        if isinstance(raw, dict) and "data" not in raw and isinstance(raw.get("continual"), dict):
+            return raw | {"data": {"train": "digits"}}
+        return raw
 
     @model_validator(mode="after")
     def _forgetting_fits(self) -> RunConfig:
@@ -411,7 +463,7 @@ class RunConfig(BaseModel):
                 "leaves frozen; use lwf or replay, or a strategy that trains them"
             )
         needs_data = [name for name in ("ewc", "replay") if name in methods]
-        if needs_data and not self.retain:
+        if needs_data and not self.retain and self.continual is None:  # a task sequence brings its own
             raise ValueError(f"forgetting.{needs_data[0]} needs a retain set with training rows (retain: [...])")
         names = [entry.name for entry in self.retain]
         if len(set(names)) < len(names):

@@ -71,6 +71,12 @@ class HeadTap:
         if self.old_head is not None:
             self.old_logits = self.old_head(inputs[0])
 
+    def old_logits_of(self, model: nn.Module, inputs: dict) -> torch.Tensor:
+        """The old head's logits for ``inputs`` through ``model``."""
+        with self:
+            model(**inputs)
+        return self.old_logits
+
     def to(self, device) -> HeadTap:
         if self.old_head is not None:
             self.old_head.to(device)

@@ -49,10 +49,11 @@ def anchor_weights(model: nn.Module, head_prefix: str) -> dict[str, torch.Tensor
     return {name: p.detach().clone() for name, p in model.named_parameters() if not name.startswith(head_prefix)}
 
 
-def diagonal_fisher(model: nn.Module, tap, batches, names: list[str], examples: int, seed: int) -> dict:
-    """Mean over ``examples`` rows of the squared gradient of log p(y | x) for y drawn from the old
-    head's own prediction (the Fisher information, not the "empirical" one on given labels), one
-    row at a time so each row's gradient is its own. ``batches`` yield model inputs."""
+def diagonal_fisher(model: nn.Module, logits_of, batches, names: list[str], examples: int, seed: int) -> dict:
+    """Mean over ``examples`` rows of the squared gradient of log p(y | x) for y drawn from the
+    model's own prediction (the Fisher information, not the "empirical" one on given labels), one
+    row at a time so each row's gradient is its own. ``logits_of(model, inputs)`` gives the logits
+    of the task the Fisher is for; ``batches`` yield model inputs."""
     parameters = dict(model.named_parameters())
     fisher = {name: torch.zeros_like(parameters[name]) for name in names}
     generator = torch.Generator().manual_seed(seed)
@@ -66,9 +67,8 @@ def diagonal_fisher(model: nn.Module, tap, batches, names: list[str], examples: 
             if seen == examples:
                 break
             model.zero_grad(set_to_none=True)
-            with tap:
-                model(**{key: value[row : row + 1] for key, value in inputs.items()})
-            log_probabilities = F.log_softmax(tap.old_logits.float(), dim=-1)[0]
+            logits = logits_of(model, {key: value[row : row + 1] for key, value in inputs.items()})
+            log_probabilities = F.log_softmax(logits.float(), dim=-1)[0]
             drawn = torch.multinomial(log_probabilities.detach().exp().cpu(), 1, generator=generator).item()
             log_probabilities[drawn].backward()
             for name in names:

@@ -133,8 +133,8 @@ def _protected_loss(config, loaded, unwrapped, run, old_model, retain_train, col
         loader = eval_loader(ConcatDataset(list(retain_train.values())), config.train.eval_batch_size, collate)
         with _all_trainable(unwrapped):
             fisher = diagonal_fisher(
-                unwrapped, run.tap, _on(loader, accelerator.device), list(anchor), settings.ewc.fisher_examples,
-                config.seed,
+                unwrapped, run.tap.old_logits_of, _on(loader, accelerator.device), list(anchor),
+                settings.ewc.fisher_examples, config.seed,
             )  # fmt: skip
         pulls.append(("ewc", WeightPull(anchor, settings.ewc.strength, fisher)))
     replay = None

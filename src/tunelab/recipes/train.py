@@ -98,8 +98,10 @@ def run_training(
     forgetting = setup_forgetting(config, loaded, model, accelerator, collate, data.datasets, class_weights)
     if forgetting is not None and forgetting.loss is not None:
         loss_fn = forgetting.loss
-    else:
+    elif class_weights is not None:
         loss_fn = functools.partial(classification_loss, weights=class_weights)
+    else:
+        loss_fn = classification_loss
     early_stopping = None
     if config.train.early_stopping:
         stopping = config.train.early_stopping

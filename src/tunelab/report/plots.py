@@ -112,6 +112,22 @@ def gain_vs_forgetting(points: list[tuple[str, float, float]], ylabel: str) -> s
     return to_png(figure)
 
 
+def accuracy_matrix(matrix: list[list[float]], tasks: list[str], title: str) -> str:
+    """R[i][j] as a heat-map: rows the task just learned, columns the task scored."""
+    size = max(3.5, 0.6 * len(tasks) + 1.5)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="viridis", vmin=0.0, vmax=1.0)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            axis.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+    axis.set_xticks(range(len(tasks)), tasks)
+    axis.set_yticks(range(len(matrix)), tasks[: len(matrix)])
+    axis.set_xlabel("task scored")
+    axis.set_ylabel("after learning")
+    axis.set_title(title)
+    return to_png(figure)
+
+
 def label_counts(counts_by_split: dict[str, dict[str, int]]) -> str:
     """Grouped bars: how many rows of each label every split holds."""
     return grouped_bars(counts_by_split, "rows")
