@@ -200,7 +200,10 @@ def test_demo_writes_a_table_report_and_summary_and_can_run_twice(tmp_path, caps
         assert main(["demo", "--output", str(output), "--quiet", "--draws", "2"]) == 0
         printed = capsys.readouterr().out
         assert "fine-tuned" in printed and "from scratch" in printed and "test accuracy" in printed
+        assert "What it cost: on its pretraining task (digits 0-4)" in printed
         summary = json.loads((output / "demo.json").read_text(encoding="utf-8"))
+        kept = summary["retained"]
+        assert kept["base"] > 0.85 and kept["forgetting"] == pytest.approx(kept["base"] - kept["final"])
         assert {"base", "scratch", "fine-tuned"} <= set(summary)
         assert 0 <= summary["fine-tuned"]["accuracy"] <= 1
         assert (output / "report.html").is_file()

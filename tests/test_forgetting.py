@@ -201,6 +201,14 @@ def test_a_run_reports_what_the_base_model_knew_before_and_after(tmp_path, capsy
     assert "<h2>Forgetting</h2>" in page and "Feature drift" in page
 
 
+def test_measuring_forgetting_leaves_the_run_it_measures_unchanged(tmp_path, capsys):
+    plain = transfer_config() | {"retain": [], "forgetting": {"drift": False}}
+    train(tmp_path, plain, "plain", capsys)
+    train(tmp_path, transfer_config(), "measured", capsys)
+    model = "model/model.safetensors"
+    assert (tmp_path / "plain" / model).read_bytes() == (tmp_path / "measured" / model).read_bytes()
+
+
 @pytest.mark.parametrize("method", ["ewc", "replay", "l2sp", "lwf"])
 def test_each_method_forgets_less_than_naive_fine_tuning(tmp_path, capsys, method):
     settings = {"ewc": {"strength": 100.0}, "replay": {"fraction": 0.5}, "l2sp": {"strength": 0.1}, "lwf": {}}

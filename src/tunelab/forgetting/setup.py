@@ -34,7 +34,13 @@ class ForgettingRun:
 
 
 def setup_forgetting(config, loaded, model, accelerator, collate, datasets: dict, class_weights=None):
-    """Everything measured before training; None when the config asks for nothing."""
+    """Everything measured before training; None when the config asks for nothing. Torch's random
+    state is left as it was, so measuring forgetting never changes the run it measures."""
+    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+        return _setup(config, loaded, model, accelerator, collate, datasets, class_weights)
+
+
+def _setup(config, loaded, model, accelerator, collate, datasets: dict, class_weights):
     settings = config.forgetting
     methods = settings.methods
     if not config.retain and not methods and not settings.drift:

@@ -44,6 +44,14 @@ DEMO_CONFIG = {
 }
 DRAWS = 5
 MODELS = {"fine-tuned": "digits-cnn", "scratch": "cnn"}
+# What the pretrained CNN already did (each digit 0-4 and how the image was turned), on the rows its
+# pretraining held out: scored before and after fine-tuning, it shows what the new task cost.
+RETAIN = {
+    "name": "digits 0-4 (pretraining task)",
+    "seed": 0,
+    "data": {"train": "digits", "digits_classes": [0, 1, 2, 3, 4], "digits_pretext": "dihedral",
+             "digits_validation_per_class": 5},
+}  # fmt: skip
 
 
 def run_demo(output: Path, stdout, stderr, draws: int = DRAWS, show: bool = True) -> dict:
@@ -61,6 +69,8 @@ def run_demo(output: Path, stdout, stderr, draws: int = DRAWS, show: bool = True
             config = copy.deepcopy(DEMO_CONFIG)
             config["model"]["source"] = source
             config["seed"] = draw
+            if name == "fine-tuned":
+                config["retain"] = [RETAIN]
             run_dir = prepare_run_dir(output / f"draw-{draw}" / name, overwrite=True)
             runs[name].append(run_training(validate(config), run_dir, stderr, progress=False))
             finish_run_dir(run_dir, succeeded=True)
@@ -75,6 +85,12 @@ def run_demo(output: Path, stdout, stderr, draws: int = DRAWS, show: bool = True
             f"Transfer from digits 0-4 bought {gain * 100:+.1f} points of test accuracy over training from scratch "
             f"on the same images (better on {summary['fine_tuned_wins']} of {summary['draws']} draws), "
             f"and {over_base * 100:+.1f} over the untuned base."
+        )
+        kept = summary["retained"]
+        stdout.print(
+            f"What it cost: on its pretraining task (digits 0-4) the fine-tuned CNN scores {kept['final']:.3f}, "
+            f"from {kept['base']:.3f} before ({-kept['forgetting'] * 100:+.1f} points); "
+            "examples/digits-forgetting.yaml shows how EWC or replay keep it."
         )
         stdout.print(f"report: {output / REPORT}")
     return summary
@@ -104,7 +120,13 @@ def _summary(runs: dict[str, list[dict]]) -> dict:
     wins = sum(
         t["final"]["test"]["accuracy"] > s["final"]["test"]["accuracy"] for t, s in zip(tuned, scratch, strict=True)
     )
+    retained = [r["retain"][RETAIN["name"]] for r in tuned]
     return {
+        "retained": {
+            "base": statistics.mean(r["base"]["accuracy"] for r in retained),
+            "final": statistics.mean(r["final"]["accuracy"] for r in retained),
+            "forgetting": statistics.mean(r["forgetting"] for r in retained),
+        },
         "draws": len(tuned),
         "train_examples": tuned[0]["examples"]["train"],
         "test_examples": tuned[0]["examples"]["test"],
@@ -154,5 +176,7 @@ def _page(summary: dict) -> str:
         "<table border=1 cellpadding=6><tr><th>model</th><th>test accuracy (mean ± std)</th><th>macro F1</th>"
         f"<th>accuracy per draw</th></tr>{rows}</table>"
         f"<p>Fine-tuned beat from-scratch on {summary['fine_tuned_wins']} of {summary['draws']} draws.</p>"
+        f"<p>What it cost: on its pretraining task (digits 0-4, held-out rows) the fine-tuned CNN scores "
+        f"{summary['retained']['final']:.3f}, from {summary['retained']['base']:.3f} before fine-tuning.</p>"
         f"<p>Full run reports: {links}.</p></body>"
     )
