@@ -268,3 +268,29 @@ def test_compare_runs_strategy_plus_method_with_exactly_the_methods_named(tmp_pa
 
     with pytest.raises(UserError, match="'forget' .* is not a forgetting method"):
         parse_strategies("full,full+forget", config)
+
+
+def test_a_text_model_keeps_its_own_head_for_the_old_task(tmp_path, capsys, tiny_bert, sentiment_files):
+    """Fine-tune a sentiment model on a new text task; score sentiment through the sentiment head."""
+    from conftest import make_text_config
+
+    first = make_text_config(tiny_bert, sentiment_files) | {"seed": 0}
+    first["train"] |= {"epochs": 3, "checkpoint_every": None}
+    train(tmp_path, first, "sentiment", capsys)
+    rows = ["long text here,long", "short,short", "a much longer text than that,long", "tiny,short"] * 8
+    (tmp_path / "length.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    second = {
+        "seed": 0,
+        "model": {"source": str(tmp_path / "sentiment" / "model")},
+        "data": {"train": str(tmp_path / "length.csv"), "max_length": 32},
+        "retain": [{"name": "sentiment", "data": first["data"]}],
+        "forgetting": {"lwf": {}, "replay": {"fraction": 0.5}},
+        "optim": {"lr": 1e-3},
+        "train": {"epochs": 1, "batch_size": 8, "checkpoint_every": None},
+    }
+    results = train(tmp_path, second, "length", capsys)
+    sentiment = json.loads((tmp_path / "sentiment" / "results.json").read_text())
+    retained = results["retain"]["sentiment"]
+    # Before fine-tuning, the retain score is the sentiment model's own test score, through its own head.
+    assert retained["base"]["accuracy"] == pytest.approx(sentiment["final"]["test"]["accuracy"])
+    assert retained["final"]["examples"] == sentiment["final"]["test"]["examples"]
