@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--overwrite", action="store_true", help="replace an existing comparison directory")
     _common(compare)
 
+    lr_find = commands.add_parser("lr-find", help="learning-rate range test: suggest a rate for this config")
+    lr_find.add_argument("config", help="YAML run config (its model, strategy and data are used)")
+    _overrides(lr_find)
+    lr_find.add_argument("--output", "-o", help="where lr_find.json goes (default: runs/<config name>-lr-find)")
+    _common(lr_find)
+
     continual = commands.add_parser("continual", help="learn tasks one after another; measure what each method keeps")
     continual.add_argument("config", nargs="?", help="YAML run config with a continual section")
     _overrides(continual)
@@ -253,6 +259,21 @@ def cmd_audit(args) -> dict:
     return report
 
 
+def cmd_lr_find(args) -> dict:
+    from tunelab.config import load_config
+    from tunelab.recipes.lr_find import LR_FIND_JSON, LR_FIND_PAGE, run_lr_find
+    from tunelab.report.lr_find import suggestion_lines
+
+    config = load_config(args.config, args.overrides)
+    output = Path(args.output or f"runs/{Path(args.config).stem}-lr-find")
+    found = run_lr_find(config, output, stderr, show=not args.json)
+    if not args.json:
+        for line in suggestion_lines(found):
+            stdout.print(line)
+        stdout.print(f"curve: {output / LR_FIND_JSON}   report: {output / LR_FIND_PAGE}")
+    return found
+
+
 def cmd_continual(args) -> dict:
     from tunelab.config import dump_config, load_config
     from tunelab.io import write_atomic
@@ -360,6 +381,7 @@ COMMANDS = {
     "export": cmd_export,
     "audit": cmd_audit,
     "continual": cmd_continual,
+    "lr-find": cmd_lr_find,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "demo": cmd_demo,

@@ -230,12 +230,30 @@ class StrategyConfig(Section):
 
 class OptimConfig(Section):
     name: Literal["adamw", "adam", "rmsprop", "sgd"] = "adamw"
-    lr: float = Field(5e-5, gt=0.0, le=10.0)
+    lr: float | Literal["auto"] = Field(
+        5e-5, description="the learning rate, or auto: a range test on this run's model, strategy and data picks it"
+    )
+    lr_find_start: float = Field(1e-7, gt=0.0, description="the range test's first rate")
+    lr_find_end: float = Field(10.0, gt=0.0, description="the range test's last rate")
+    lr_find_steps: int = Field(100, ge=10, le=10_000, description="the range test's steps (one batch each)")
     weight_decay: float = Field(0.01, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
+
+    @field_validator("lr")
+    @classmethod
+    def _rate_in_range(cls, value: float | str) -> float | str:
+        if isinstance(value, float | int) and not 0.0 < value <= 10.0:
+            raise ValueError("must be in (0, 10], or auto")
+        return value
+
+    @model_validator(mode="after")
+    def _range_rises(self) -> OptimConfig:
+        if self.lr_find_start >= self.lr_find_end:
+            raise ValueError("lr_find_start must be below lr_find_end")
+        return self
 
 
 class ScheduleConfig(Section):

@@ -25,7 +25,7 @@ from tunelab.continual.metrics import summarise
 from tunelab.continual.tasks import Task
 from tunelab.data.collate import make_collate
 from tunelab.engine.callbacks import ProgressBar
-from tunelab.engine.data_loading import eval_loader, train_loader
+from tunelab.engine.data_loading import OnDevice, eval_loader, train_loader
 from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
@@ -132,7 +132,7 @@ class Sequence:
             names = [name for name, _ in self.model.named_parameters()]
             fisher = diagonal_fisher(
                 self.model, lambda model, inputs: output_logits(model(**inputs)),
-                _OnDevice(loader, self.accelerator.device), names, examples, config.seed + index,
+                OnDevice(loader, self.accelerator.device), names, examples, config.seed + index,
             )  # fmt: skip
             # Online EWC (Schwarz et al., 2018): the Fishers add up, the anchor is the latest weights.
             self.fisher = {name: self.fisher.get(name, 0) + value for name, value in fisher.items()}
@@ -284,16 +284,3 @@ def _save_tensors(tensors: dict, path: Path) -> None:
 
 def _batch_on(batch: dict, device) -> dict:
     return {key: value.to(device) for key, value in batch.items()}
-
-
-class _OnDevice:
-    """A loader whose batches arrive on ``device``."""
-
-    def __init__(self, loader, device):
-        self.loader, self.device = loader, device
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        return (_batch_on(batch, self.device) for batch in self.loader)

@@ -31,3 +31,17 @@ def train_loader(dataset: Dataset, batch_size: int, collate, seed: int) -> tuple
 
 def eval_loader(dataset: Dataset, batch_size: int, collate) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+class OnDevice:
+    """A loader whose batches arrive on ``device``, for loaders Accelerate does not prepare."""
+
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield {key: value.to(self.device) for key, value in batch.items()}

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import ConcatDataset, Subset
 
 from tunelab.data import RawData, prepare_data, read_data
-from tunelab.engine.data_loading import eval_loader
+from tunelab.engine.data_loading import OnDevice, eval_loader
 from tunelab.errors import UserError
 from tunelab.evaluate import collect_logits, evaluate_split
 from tunelab.forgetting.drift import linear_cka
@@ -139,7 +139,7 @@ def _protected_loss(config, loaded, unwrapped, run, old_model, retain_train, col
         loader = eval_loader(ConcatDataset(list(retain_train.values())), config.train.eval_batch_size, collate)
         with _all_trainable(unwrapped):
             fisher = diagonal_fisher(
-                unwrapped, run.tap.old_logits_of, _on(loader, accelerator.device), list(anchor),
+                unwrapped, run.tap.old_logits_of, OnDevice(loader, accelerator.device), list(anchor),
                 settings.ewc.fisher_examples, config.seed,
             )  # fmt: skip
         pulls.append(("ewc", WeightPull(anchor, settings.ewc.strength, fisher)))
@@ -178,8 +178,3 @@ class _all_trainable:
     def __exit__(self, *exc):
         for name, p in self.model.named_parameters():
             p.requires_grad_(self.flags[name])
-
-
-def _on(loader, device):
-    for batch in loader:
-        yield {key: value.to(device) for key, value in batch.items()}

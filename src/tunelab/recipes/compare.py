@@ -26,6 +26,7 @@ from tunelab.config import (
 )
 from tunelab.errors import UserError
 from tunelab.io import read_jsonl, write_atomic, write_json
+from tunelab.report.compare import rate_text
 from tunelab.report.html import SHOWN_METRICS
 from tunelab.rundir import METRICS, REPORT
 
@@ -75,7 +76,8 @@ def strategy_config(config: RunConfig, name: str) -> RunConfig:
     options = config.compare.options
     raw["strategy"] = _merged(strategy, options.get(name, options.get(strategy_name, {})))
     rates = config.compare.lr
-    default_rate = min(10.0, config.optim.lr * LR_FACTOR[strategy_name])
+    # With optim.lr: auto every strategy runs its own range test (LoRA and full want different rates).
+    default_rate = "auto" if config.optim.lr == "auto" else min(10.0, config.optim.lr * LR_FACTOR[strategy_name])
     raw["optim"]["lr"] = rates.get(name, rates.get(strategy_name, default_rate))
     settings = config.compare.forgetting
     raw["forgetting"] = {"drift": config.forgetting.drift} | {
@@ -102,7 +104,7 @@ def run_compare(config: RunConfig, names: list[str], output: Path, console: Cons
         run_config = configs[name]
         config_file = output / "configs" / f"{name}.yaml"
         write_atomic(config_file, dump_config(run_config))
-        title = f"[bold]{index}/{len(names)}[/] {name} (lr {run_config.optim.lr:g})"
+        title = f"[bold]{index}/{len(names)}[/] {name} (lr {rate_text(run_config.optim.lr)})"
         if progress:
             console.print(title)
             with console.status(f"{title}: training and evaluating in its own process ..."):
@@ -129,6 +131,8 @@ def _run_one(name: str, run_config: RunConfig, config_file: Path, run_dir: Path)
     if finished.returncode != 0 and not finished.stdout.strip().startswith("{"):
         return row | {"error": _error_line(finished.stderr)}
     results = json.loads(finished.stdout)
+    if results.get("lr_found"):
+        row["lr"] = results["lr_found"]["suggested"]
     final = results["final"]
     row |= {
         "validation": _headline(final.get("validation", {})),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,8 +19,8 @@ from tunelab.data.audit import quick_checks
 from tunelab.data.augment import without_augmentation
 from tunelab.data.collate import make_collate
 from tunelab.engine.callbacks import BestWeights, EarlyStopping, MetricsFile, ProgressBar, TrainState
-from tunelab.engine.checkpoint import Checkpointer, load_latest, truncate_lines
-from tunelab.engine.data_loading import eval_loader, train_loader
+from tunelab.engine.checkpoint import Checkpointer, complete_checkpoints, load_latest, truncate_lines
+from tunelab.engine.data_loading import OnDevice, eval_loader, train_loader
 from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
@@ -55,46 +57,17 @@ def run_training(
         write_atomic(run_dir / CONFIG, dump_config(config))
     set_seed(config.seed)
 
-    raw = read_data(config)
-    data_warnings = quick_checks(raw.splits)
-    for line in data_warnings:
-        warn(line)
-    loaded = load_model(config, raw.labels, raw.channels)
-    data = prepare_data(raw, loaded, config)
-    for name, count in data.truncated.items():
-        if count:
-            line = f"{name}: {count} of {len(data.datasets[name])} rows are longer than data.max_length"
-            data_warnings.append(f"{line} ({config.data.max_length} tokens) and are cut")
-            warn(data_warnings[-1])
-    strategy = build_strategy(config.strategy, loaded.fresh_head)
-    model = strategy.apply(loaded.model)
-    _, total = count_parameters(model)
-    if accelerator.num_processes > 1 and _trains_batch_norm(model, config):
-        warn(
-            "batch-norm statistics are computed per process under DDP, so results differ "
-            "from one process; set strategy.freeze_norm_stats: true to keep them identical"
-        )
-    optimizer = build_optimizer(strategy.parameter_groups(model, config.optim), config.optim)
-    groups = [
-        {"name": group["name"], "lr": group["lr"], "parameters": sum(p.numel() for p in group["params"])}
-        for group in optimizer.param_groups
-    ]
-    trainable = sum(group["parameters"] for group in groups)  # by the end of the run, for progressive
-
-    collate = make_collate(loaded, config.task)
-    train_dl, sampler = train_loader(data.datasets["train"], config.train.batch_size, collate, config.seed)
-    eval_sets, eval_groups = _evaluation_sets(data, config)
-    eval_dls = {name: eval_loader(ds, config.train.eval_batch_size, collate) for name, ds in eval_sets.items()}
-    model, optimizer, train_dl, *prepared = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
-    eval_dls = dict(zip(eval_dls, prepared, strict=True))
+    run = prepare_run(config, accelerator, warn)
+    raw, data, loaded, strategy = run.raw, run.data, run.loaded, run.strategy
+    model, optimizer, train_dl, sampler, collate = run.model, run.optimizer, run.train_dl, run.sampler, run.collate
+    eval_dls, eval_groups, data_warnings = run.eval_dls, run.eval_groups, run.data_warnings
     num_labels = len(data.labels)
+    class_weights = class_weights_for(config, raw, num_labels)
 
     bars = console if progress else None
     steps_per_epoch = -(-len(train_dl) // config.train.grad_accum_steps)
     total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
-    scheduler = build_scheduler(optimizer, config.schedule, total_steps)
     state = TrainState(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    class_weights = _class_weights(config, raw, num_labels)
     forgetting = setup_forgetting(config, loaded, model, accelerator, collate, data.datasets, class_weights)
     if forgetting is not None and forgetting.loss is not None:
         loss_fn = forgetting.loss
@@ -110,6 +83,12 @@ def run_training(
     if loss_fn is getattr(forgetting, "loss", None):
         stateful["forgetting"] = loss_fn  # where replay has got to
 
+    lr_found = None
+    if config.optim.lr == "auto" and not (resume and complete_checkpoints(run_dir / CHECKPOINTS)):
+        lr_found = find_rate(run, config, accelerator, class_weights, console if progress and main else None)
+        if main:
+            console.print(f"learning rate: {lr_found['suggested']:.3g} (range test: {lr_found['stopped']})")
+    scheduler = build_scheduler(optimizer, config.schedule, total_steps)
     restored = load_latest(run_dir / CHECKPOINTS, accelerator, model, optimizer, scheduler, warn) if resume else None
     if resume and restored is None:
         warn("no usable checkpoint to resume from; starting the run from the beginning")
@@ -124,6 +103,7 @@ def run_training(
         if main:
             truncate_lines(run_dir / METRICS, restored["metrics_lines"])
         base, earlier_seconds = restored["extra"]["base"], restored["extra"]["train_seconds"]
+        lr_found = restored["extra"].get("lr_found")
         if main:
             console.print(f"resuming from {Path(restored['folder']).name} (step {state.step})")
     else:
@@ -149,7 +129,11 @@ def run_training(
             scheduler,
             stateful,
             run_dir / METRICS,
-            lambda: {"base": base, "train_seconds": earlier_seconds + time.perf_counter() - started},
+            lambda: {
+                "base": base,
+                "train_seconds": earlier_seconds + time.perf_counter() - started,
+                "lr_found": lr_found,
+            },
         ),
         ProgressBar(console, progress and main, config.train.metric),
     ]
@@ -179,7 +163,8 @@ def run_training(
         "model_source": config.model.source,
         "strategy": config.strategy.name,
         "strategy_details": strategy.describe(accelerator.unwrap_model(model)),
-        "optimizer_groups": groups,
+        "optimizer_groups": _rated(run.groups, lr_found),
+        "lr_found": _curve_free(lr_found),
         "labels": list(data.labels.names),
         "examples": {name: len(ds) for name, ds in data.datasets.items()},
         "truncated": data.truncated,
@@ -188,7 +173,11 @@ def run_training(
         "preparation": raw.preparation,
         "group_column": config.data.group_column,
         "fresh_head": loaded.fresh_head,
-        "parameters": {"trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total},
+        "parameters": {
+            "trainable": run.trainable,
+            "total": run.total,
+            "trainable_percent": 100 * run.trainable / run.total,
+        },
         "base": base,
         "final": final,
         "gap": _train_validation_gap(final),
@@ -217,7 +206,104 @@ def run_training(
     return results
 
 
-def _class_weights(config: RunConfig, raw, num_labels: int) -> torch.Tensor | None:
+@dataclass
+class PreparedRun:
+    """Everything a run trains with, built the same way for train, lr-find and tune."""
+
+    raw: object
+    data: object
+    loaded: object
+    strategy: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    groups: list[dict]
+    trainable: int
+    total: int
+    collate: object
+    train_dl: object
+    sampler: object
+    eval_dls: dict
+    eval_groups: dict
+    data_warnings: list[str]
+
+
+def prepare_run(config: RunConfig, accelerator, warn) -> PreparedRun:
+    """Read and check the data, build the model with its strategy and optimizer, and the loaders,
+    prepared by Accelerate. With ``optim.lr: auto`` the groups are built at rate 1 (their ratios
+    kept) until the range test sets them."""
+    raw = read_data(config)
+    data_warnings = quick_checks(raw.splits)
+    for line in data_warnings:
+        warn(line)
+    loaded = load_model(config, raw.labels, raw.channels)
+    data = prepare_data(raw, loaded, config)
+    for name, count in data.truncated.items():
+        if count:
+            line = f"{name}: {count} of {len(data.datasets[name])} rows are longer than data.max_length"
+            data_warnings.append(f"{line} ({config.data.max_length} tokens) and are cut")
+            warn(data_warnings[-1])
+    strategy = build_strategy(config.strategy, loaded.fresh_head)
+    model = strategy.apply(loaded.model)
+    _, total = count_parameters(model)
+    if accelerator.num_processes > 1 and _trains_batch_norm(model, config):
+        warn(
+            "batch-norm statistics are computed per process under DDP, so results differ "
+            "from one process; set strategy.freeze_norm_stats: true to keep them identical"
+        )
+    optim = config.optim.model_copy(update={"lr": 1.0}) if config.optim.lr == "auto" else config.optim
+    optimizer = build_optimizer(strategy.parameter_groups(model, optim), optim)
+    groups = [
+        {"name": group["name"], "lr": group["lr"], "parameters": sum(p.numel() for p in group["params"])}
+        for group in optimizer.param_groups
+    ]
+    trainable = sum(group["parameters"] for group in groups)  # by the end of the run, for progressive
+    collate = make_collate(loaded, config.task)
+    train_dl, sampler = train_loader(data.datasets["train"], config.train.batch_size, collate, config.seed)
+    eval_sets, eval_groups = _evaluation_sets(data, config)
+    eval_dls = {name: eval_loader(ds, config.train.eval_batch_size, collate) for name, ds in eval_sets.items()}
+    model, optimizer, train_dl, *prepared = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
+    eval_dls = dict(zip(eval_dls, prepared, strict=True))
+    return PreparedRun(
+        raw, data, loaded, strategy, model, optimizer, groups, trainable, total, collate, train_dl, sampler,
+        eval_dls, eval_groups, data_warnings,
+    )  # fmt: skip
+
+
+def find_rate(run: PreparedRun, config: RunConfig, accelerator, class_weights=None, console=None) -> dict:
+    """The range test on the run's own model, strategy and data; the optimizer's groups are left at
+    the suggested rate (their ratios kept) and everything else as it was."""
+    from tunelab.search.lr_range import range_test
+
+    # A loader of its own: a half-read prepared loader would stay registered with Accelerate.
+    loader, _ = train_loader(run.data.datasets["train"], config.train.batch_size, run.collate, config.seed)
+    loss_fn = functools.partial(classification_loss, weights=class_weights)
+    settings = config.optim
+    status = console.status("learning-rate range test ...") if console is not None else contextlib.nullcontext()
+    with status:
+        found = range_test(
+            run.model, run.optimizer, OnDevice(loader, accelerator.device), loss_fn, accelerator,
+            run.strategy.train_mode, settings.lr_find_start, settings.lr_find_end, settings.lr_find_steps,
+        )  # fmt: skip
+    for group, ratio in zip(run.optimizer.param_groups, [g["lr"] for g in run.groups], strict=True):
+        group["lr"] = found["suggested"] * ratio
+    return found
+
+
+def _rated(groups: list[dict], lr_found: dict | None) -> list[dict]:
+    """The groups with their rates: as configured, or (optim.lr: auto) the suggestion times their ratio."""
+    if lr_found is None:
+        return groups
+    return [group | {"lr": lr_found["suggested"] * group["lr"]} for group in groups]
+
+
+def _curve_free(found: dict | None) -> dict | None:
+    """The range test's suggestions for results.json; its curve is in the lr-find report."""
+    if found is None:
+        return None
+    return {key: value for key, value in found.items() if key not in ("rates", "losses", "smoothed")}
+
+
+def class_weights_for(config: RunConfig, raw, num_labels: int) -> torch.Tensor | None:
     if config.train.class_weights != "balanced":
         return None
     return balanced_weights(raw.labels.encode(raw.splits["train"].labels, "data.train"), num_labels)

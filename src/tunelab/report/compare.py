@@ -39,10 +39,10 @@ def row_cells(row: dict, metric: str) -> dict[str, str]:
         return "–" if number is None else f"{number:.3f}"
 
     if "validation" not in row:
-        return {"strategy": row["strategy"], "lr": f"{row['lr']:g}", "val": "failed"}
+        return {"strategy": row["strategy"], "lr": rate_text(row["lr"]), "val": "failed"}
     return {
         "strategy": row["strategy"] + (" (!)" if row.get("error") else ""),
-        "lr": f"{row['lr']:g}",
+        "lr": rate_text(row["lr"]),
         "val": value("validation"),
         "test": value("test"),
         "trainable": _count(row["trainable"]),
@@ -58,6 +58,10 @@ def row_cells(row: dict, metric: str) -> dict[str, str]:
 
 def measured_forgetting(summary: dict) -> bool:
     return any(row.get("forgetting") is not None for row in summary["rows"])
+
+
+def rate_text(lr: float | str) -> str:
+    return lr if isinstance(lr, str) else f"{lr:.3g}"
 
 
 def _count(number: int) -> str:

@@ -128,6 +128,23 @@ def accuracy_matrix(matrix: list[list[float]], tasks: list[str], title: str) -> 
     return to_png(figure)
 
 
+def lr_range(found: dict) -> str:
+    """Loss (raw and smoothed) against learning rate on a log axis, the suggestions marked."""
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    axis.plot(found["rates"], found["losses"], alpha=0.3, label="loss")
+    axis.plot(found["rates"], found["smoothed"], label="smoothed loss")
+    for key, style in (("steepest", ":"), ("minimum_tenth", "--"), ("suggested", "-")):
+        axis.axvline(found[key], linestyle=style, color="black", alpha=0.6, label=f"{key} {found[key]:.2g}")
+    axis.set_xscale("log")
+    low, high = min(found["smoothed"]), max(found["smoothed"][:5] + [min(found["smoothed"]) * 2])
+    axis.set_ylim(low - 0.1 * (high - low), high + 0.1 * (high - low))
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("training loss")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return to_png(figure)
+
+
 def label_counts(counts_by_split: dict[str, dict[str, int]]) -> str:
     """Grouped bars: how many rows of each label every split holds."""
     return grouped_bars(counts_by_split, "rows")

@@ -1,0 +1,107 @@
+"""The learning-rate range test: a rate where runs converge, per strategy, and `optim.lr: auto`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tunelab.cli import main
+from tunelab.search.lr_range import suggestions
+
+DIGITS = {
+    "task": "image-classification",
+    "seed": 0,
+    "model": {"source": "digits-cnn"},
+    "data": {"train": "digits", "digits_classes": [5, 6, 7, 8, 9], "digits_train_per_class": 20},
+    "optim": {"name": "adamw", "lr": 1e-3},
+    "train": {"epochs": 3, "batch_size": 10, "checkpoint_every": None},
+    "evaluate": {"base": True},
+}
+
+
+def write(tmp_path, config: dict, name: str):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def lr_find(tmp_path, config: dict, capsys, name: str = "find") -> dict:
+    assert main(["lr-find", str(write(tmp_path, config, name)), "-o", str(tmp_path / name), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def train_at(tmp_path, config: dict, lr, name: str, capsys) -> dict:
+    changed = config | {"optim": config["optim"] | {"lr": lr}}
+    assert main(["train", str(write(tmp_path, changed, name)), "-o", str(tmp_path / name), "--json"]) == 0
+    capsys.readouterr()
+    return json.loads((tmp_path / name / "results.json").read_text())
+
+
+def test_suggestions_read_the_descending_part_of_a_known_curve():
+    rates = [10 ** (-6 + i * 0.1) for i in range(60)]  # 1e-6 .. ~1e0
+    # Flat, then falling fastest around 1e-3, lowest near 1e-2, then rising.
+    smoothed = [2.0 - 1.5 / (1 + (1e-3 / r) ** 2) + (r / 1e-2) ** 2 * 0.1 for r in rates]
+    found = suggestions(rates, smoothed)
+    lowest = rates[smoothed.index(min(smoothed))]
+    assert found["minimum_tenth"] == pytest.approx(lowest / 10)
+    assert 3e-4 < found["steepest"] < 3e-3
+    assert found["suggested"] == min(found["steepest"], found["minimum_tenth"])
+
+
+def test_digits_a_run_at_the_suggestion_learns_and_one_at_100x_does_worse(tmp_path, capsys):
+    found = lr_find(tmp_path, DIGITS, capsys)
+    assert 1e-5 < found["suggested"] < 1e-1 and len(found["rates"]) == len(found["smoothed"])
+    assert (tmp_path / "find" / "lr_find.html").read_text().count("<img") == 1
+    good = train_at(tmp_path, DIGITS, found["suggested"], "good", capsys)
+    bad = train_at(tmp_path, DIGITS, 100 * found["suggested"], "bad", capsys)
+    assert good["final"]["validation"]["loss"] < good["base"]["validation"]["loss"]
+    assert bad["diverged"] or bad["final"]["validation"]["loss"] > good["final"]["validation"]["loss"]
+
+
+def test_tiny_bert_a_run_at_the_suggestion_learns_and_one_at_100x_does_worse(tmp_path, capsys, text_config):
+    text_config["train"] |= {"epochs": 10, "checkpoint_every": None}
+    found = lr_find(tmp_path, text_config, capsys)
+    good = train_at(tmp_path, text_config, found["suggested"], "good", capsys)
+    bad = train_at(tmp_path, text_config, min(10.0, 100 * found["suggested"]), "bad", capsys)
+    assert good["final"]["validation"]["loss"] < good["base"]["validation"]["loss"]
+    assert good["final"]["validation"]["accuracy"] > 0.8
+    assert bad["diverged"] or bad["final"]["validation"]["loss"] > good["final"]["validation"]["loss"]
+
+
+def test_lora_and_full_fine_tuning_get_their_own_rates(tmp_path, capsys):
+    full = lr_find(tmp_path, DIGITS, capsys, "full")
+    lora = lr_find(tmp_path, DIGITS | {"strategy": {"name": "lora"}}, capsys, "lora")
+    assert lora["trainable_parameters"] < full["trainable_parameters"] / 2
+    assert lora["suggested"] > 1.2 * full["suggested"]  # fewer, freshly added weights take larger steps
+    lora_run = train_at(tmp_path, DIGITS | {"strategy": {"name": "lora"}}, lora["suggested"], "lora-run", capsys)
+    assert lora_run["final"]["validation"]["loss"] < lora_run["base"]["validation"]["loss"]
+
+
+def test_a_flat_curve_is_refused_rather_than_read(tmp_path, capsys, text_config):
+    flat = text_config | {"optim": text_config["optim"] | {"lr_find_end": 1e-5}}  # too small to move anything
+    assert main(["lr-find", str(write(tmp_path, flat, "flat")), "-o", str(tmp_path / "flat")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lr-find: the loss never fell 5% below its start" in err and len(err.splitlines()) == 1
+
+
+def test_lr_auto_trains_exactly_like_the_suggested_rate_given_by_hand(tmp_path, capsys):
+    auto = train_at(tmp_path, DIGITS, "auto", "auto", capsys)
+    found = auto["lr_found"]
+    assert found["suggested"] > 0 and "rates" not in found  # the curve stays in lr-find's own report
+    assert auto["optimizer_groups"][0]["lr"] == pytest.approx(found["suggested"])
+    by_hand = train_at(tmp_path, DIGITS, found["suggested"], "by-hand", capsys)
+    # The range test leaves weights, optimizer and random state as they were: the same run follows.
+    model = "model/model.safetensors"
+    assert (tmp_path / "auto" / model).read_bytes() == (tmp_path / "by-hand" / model).read_bytes()
+    assert auto["final"] == by_hand["final"]
+
+
+def test_an_auto_rate_is_found_again_for_each_strategy_in_compare(tmp_path):
+    from tunelab.config import validate
+    from tunelab.recipes.compare import strategy_config
+
+    config = validate({"data": {"train": "x.csv"}, "optim": {"lr": "auto"}, "compare": {"lr": {"lora": 1e-3}}})
+    assert strategy_config(config, "full").optim.lr == "auto"
+    assert strategy_config(config, "lora").optim.lr == 1e-3  # a rate named in compare.lr still wins
