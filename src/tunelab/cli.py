@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_argument("--output", "-o", help="where lr_find.json goes (default: runs/<config name>-lr-find)")
     _common(lr_find)
 
+    tune = commands.add_parser("tune", help="search hyperparameters and strategies with Optuna")
+    tune.add_argument("config", help="YAML run config (its tune section holds the search space)")
+    _overrides(tune)
+    tune.add_argument("--trials", type=int, metavar="N", help="finished trials the study should hold (tune.trials)")
+    tune.add_argument("--storage", metavar="URL", help="an Optuna storage URL shared by several processes")
+    tune.add_argument("--output", "-o", help="study directory (default: runs/<config name>-tune)")
+    _common(tune)
+
     continual = commands.add_parser("continual", help="learn tasks one after another; measure what each method keeps")
     continual.add_argument("config", nargs="?", help="YAML run config with a continual section")
     _overrides(continual)
@@ -259,6 +267,47 @@ def cmd_audit(args) -> dict:
     return report
 
 
+def cmd_tune(args) -> dict:
+    from tunelab.config import dump_config, load_config
+    from tunelab.io import write_atomic
+    from tunelab.recipes.tune import BEST, SUMMARY, run_tune
+    from tunelab.report.tune import best_lines, trials_table
+    from tunelab.rundir import CONFIG, REPORT
+
+    config = load_config(args.config, args.overrides)
+    trials = args.trials or config.tune.trials
+    if trials < 1:
+        raise UserError("--trials: must be 1 or more")
+    output = Path(args.output or f"runs/{Path(args.config).stem}-tune")
+    _claim_study_dir(output, dump_config(config))
+    write_atomic(output / CONFIG, dump_config(config))
+    summary = run_tune(config, output, trials, args.storage, stderr, show=not args.json)
+    if not args.json:
+        stdout.print(trials_table(summary))
+        for line in best_lines(summary, output / BEST):
+            stdout.print(escape(line))
+        stdout.print(f"study: {output / SUMMARY}   report: {output / REPORT}")
+    return summary
+
+
+def _claim_study_dir(output: Path, config_text: str) -> None:
+    """A new folder, or one holding a study of this same config (continued, never overwritten)."""
+    from tunelab.rundir import CONFIG
+
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output: {output} exists and is a file")
+    if output.is_dir() and any(output.iterdir()):
+        saved = output / CONFIG
+        if not saved.is_file():
+            raise UserError(f"output: {output} exists and is not a tunelab study; choose another --output")
+        if saved.read_text(encoding="utf-8") != config_text:
+            raise UserError(f"output: {output} holds a study of another config; choose another --output")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"output: cannot create {output}: {error.strerror or error}") from None
+
+
 def cmd_lr_find(args) -> dict:
     from tunelab.config import load_config
     from tunelab.recipes.lr_find import LR_FIND_JSON, LR_FIND_PAGE, run_lr_find
@@ -382,6 +431,7 @@ COMMANDS = {
     "audit": cmd_audit,
     "continual": cmd_continual,
     "lr-find": cmd_lr_find,
+    "tune": cmd_tune,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "demo": cmd_demo,

@@ -395,6 +395,48 @@ class ContinualConfig(Section):
         return self
 
 
+class SearchRange(Section):
+    """One dimension of the search: numbers between low and high (log-spaced if log), or choices."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = Field(False, description="draw whole numbers (epochs, batch size, LoRA rank)")
+    choices: list[Any] | None = Field(None, description="a list of values to choose from (strategy names, ...)")
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchRange:
+        if self.choices is not None:
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("give choices (a non-empty list) or low and high, not both")
+            return self
+        if self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError("give low below high, or choices")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low above 0")
+        return self
+
+
+class TuneConfig(Section):
+    """`tunelab tune`: an Optuna study over the config's own keys."""
+
+    space: dict[str, SearchRange] = Field(
+        default_factory=dict,
+        description="dotted config key -> range or choices; empty: learning rate, weight decay, warmup, epochs",
+    )
+    metric: Literal["accuracy", "f1", "precision", "recall", "auc", "loss"] | None = Field(
+        None, description="the validation metric to optimise (default: train.metric)"
+    )
+    second_objective: Literal["trainable_parameters", "train_seconds"] | None = Field(
+        None, description="also minimise this: a Pareto front instead of one best trial (no pruning)"
+    )
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    trials: int = Field(20, ge=1, description="finished trials the study should hold (--trials)")
+    heartbeat_seconds: int = Field(
+        30, ge=1, description="a trial silent for twice this long (its process killed) is failed and retried"
+    )
+
+
 FORGETTING_SECTIONS = {"ewc": EwcSection, "l2sp": L2spSection, "lwf": LwfSection, "replay": ReplaySection}
 
 
@@ -462,6 +504,7 @@ class RunConfig(BaseModel):
     )
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     continual: ContinualConfig | None = None
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -540,18 +583,23 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set {override!r}: expected dotted.key=value")
-    parts = key.strip().split(".")
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
+    set_key(raw, key.strip(), value, where=f"--set {key.strip()}")
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """Put ``value`` at the ``dotted.key`` of a raw config, creating sections on the way."""
+    parts = key.split(".")
     node = raw
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise UserError(f"--set {key}: '{'.'.join(parts[: depth + 1])}' is not a section")
+            raise UserError(f"{where}: '{'.'.join(parts[: depth + 1])}' is not a section")
         node = child
     node[parts[-1]] = value
 

@@ -37,9 +37,15 @@ from tunelab.strategies import build_strategy
 
 
 def run_training(
-    config: RunConfig, run_dir: Path, console: Console | None = None, progress: bool = True, resume: bool = False
+    config: RunConfig,
+    run_dir: Path,
+    console: Console | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    callbacks: tuple = (),
 ) -> dict:
     """Train, evaluate before and after, save the model, results and report. Returns results.
+    ``callbacks`` join the run's own (a tuning study's pruning, say).
 
     With ``resume`` the newest verified checkpoint in ``run_dir`` is restored (weights,
     optimizer, schedule, every RNG, the position in the epoch, callback state) and the run
@@ -136,6 +142,7 @@ def run_training(
             },
         ),
         ProgressBar(console, progress and main, config.train.metric),
+        *callbacks,
     ]
     state = fit(
         model,

@@ -145,6 +145,55 @@ def lr_range(found: dict) -> str:
     return to_png(figure)
 
 
+def tune_history(trials: list[dict], metric: str, direction: str) -> str:
+    """Each finished trial's value in order, the best so far as a line, pruned trials at their last report."""
+    figure, axis = plt.subplots(figsize=(6, 3.4))
+    done = [(t["number"], t["values"][0]) for t in trials if t["state"] == "complete"]
+    if done:
+        numbers, values = zip(*done, strict=True)
+        axis.scatter(numbers, values, label="finished", zorder=3)
+        best, running = [], None
+        for value in values:
+            better = running is None or (value < running if direction == "minimize" else value > running)
+            running = value if better else running
+            best.append(running)
+        axis.step(numbers, best, where="post", color="black", label="best so far")
+    pruned = [t["number"] for t in trials if t["state"] == "pruned"]
+    for number in pruned:
+        axis.axvline(number, color="grey", alpha=0.25)
+    if pruned:
+        axis.plot([], [], color="grey", alpha=0.4, label="pruned")
+    axis.set_xlabel("trial")
+    axis.set_ylabel(f"validation {metric}")
+    if done or pruned:
+        axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return to_png(figure)
+
+
+def importances(values: dict[str, float]) -> str:
+    figure, axis = plt.subplots(figsize=(6, 0.5 * len(values) + 1.2))
+    names = list(values)[::-1]
+    axis.barh(names, [values[name] for name in names])
+    axis.set_xlabel("importance for the objective (Optuna, normalised)")
+    axis.grid(alpha=0.3, axis="x")
+    return to_png(figure)
+
+
+def pareto(trials: list[dict], front: list[dict], objectives: list[str]) -> str:
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    done = [t for t in trials if t["state"] == "complete"]
+    axis.scatter([t["values"][1] for t in done], [t["values"][0] for t in done], alpha=0.4, label="trials")
+    ordered = sorted(front, key=lambda t: t["values"][1])
+    axis.plot([t["values"][1] for t in ordered], [t["values"][0] for t in ordered], "o-", color="black",
+              label="Pareto front")  # fmt: skip
+    axis.set_xlabel(objectives[1].replace("_", " "))
+    axis.set_ylabel(f"validation {objectives[0]}")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return to_png(figure)
+
+
 def label_counts(counts_by_split: dict[str, dict[str, int]]) -> str:
     """Grouped bars: how many rows of each label every split holds."""
     return grouped_bars(counts_by_split, "rows")

@@ -1,0 +1,70 @@
+"""The Optuna study behind `tunelab tune`: its storage, sampler, pruner and objective.
+
+Storage is a relational database (SQLite in the output folder by default, or any URL Optuna
+takes), with heartbeats: a trial whose process died stops beating, is failed once the grace
+period passes, and is queued again with the same parameters (RetryFailedTrialCallback), so a
+killed study loses no trial. Several processes on one storage share the study.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+from tunelab.engine.callbacks import Callback
+
+MINIMISED = {"loss", "trainable_parameters", "train_seconds"}
+STUDY_NAME = "tunelab"
+
+
+def open_study(url: str, tune, metric: str, seed: int, name: str = STUDY_NAME) -> optuna.Study:
+    storage = RDBStorage(
+        url,
+        heartbeat_interval=tune.heartbeat_seconds,
+        grace_period=2 * tune.heartbeat_seconds,
+        heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3),
+        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+    )
+    objectives = [metric] + ([tune.second_objective] if tune.second_objective else [])
+    directions = ["minimize" if objective in MINIMISED else "maximize" for objective in objectives]
+    return optuna.create_study(
+        storage=storage,
+        study_name=name,
+        directions=directions,
+        sampler=optuna.samplers.TPESampler(seed=seed + os.getpid() % 10_000, multivariate=True),
+        pruner=_pruner(tune) if len(objectives) == 1 else optuna.pruners.NopPruner(),
+        load_if_exists=True,
+    )
+
+
+def _pruner(tune) -> optuna.pruners.BasePruner:
+    if tune.pruner == "median":
+        # Judged from the third evaluation on: a slow start is not yet a bad trial.
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
+    if tune.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ReportToTrial(Callback):
+    """Each validation metric goes to the trial, numbered by evaluation (1, 2, ...: epochs unless
+    train.eval_every says steps); a trial the pruner judges hopeless stops there."""
+
+    def __init__(self, trial: optuna.Trial, metric: str):
+        self.trial, self.metric, self.evaluations = trial, metric, 0
+
+    def on_evaluate(self, state, metrics: dict) -> None:
+        value = metrics.get(self.metric)
+        if value is None:
+            return
+        self.evaluations += 1
+        self.trial.report(value, step=self.evaluations)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at evaluation {self.evaluations}: validation {self.metric} {value:.4f}")
