@@ -35,6 +35,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 def run_tune(config: RunConfig, output: Path, trials: int, storage: str | None, console: Console, show: bool) -> dict:
     quiet_libraries()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats and metric names are marked experimental; they are what makes studies resumable.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     tune = config.tune
     metric = tune.metric or config.train.metric
     space = dict(tune.space) or default_space(config)
@@ -97,7 +99,8 @@ def _enqueue_config_as_given(study: optuna.Study, config: RunConfig, space: dict
     study.set_user_attr("config_enqueued", True)
     values = current_values(config, space)
     if values is not None:
-        study.enqueue_trial(values, user_attrs={"config_as_given": True})
+        # Two workers starting together may both get here; skip_if_exists keeps it to one in practice.
+        study.enqueue_trial(values, user_attrs={"config_as_given": True}, skip_if_exists=True)
 
 
 def _finished(study: optuna.Study) -> int:

@@ -2,7 +2,7 @@
 
 Storage is a relational database (SQLite in the output folder by default, or any URL Optuna
 takes), with heartbeats: a trial whose process died stops beating, is failed once the grace
-period passes, and is queued again with the same parameters (RetryFailedTrialCallback), so a
+period passes, and is queued again with the same parameters (RetryHeartbeatStaleTrialCallback), so a
 killed study loses no trial. Several processes on one storage share the study.
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.exc import OperationalError
 
 from tunelab.engine.callbacks import Callback
 
@@ -21,13 +23,7 @@ STUDY_NAME = "tunelab"
 
 
 def open_study(url: str, tune, metric: str, seed: int, name: str = STUDY_NAME) -> optuna.Study:
-    storage = RDBStorage(
-        url,
-        heartbeat_interval=tune.heartbeat_seconds,
-        grace_period=2 * tune.heartbeat_seconds,
-        heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3),
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
-    )
+    storage = _storage(url, tune.heartbeat_seconds)
     objectives = [metric] + ([tune.second_objective] if tune.second_objective else [])
     directions = ["minimize" if objective in MINIMISED else "maximize" for objective in objectives]
     return optuna.create_study(
@@ -38,6 +34,25 @@ def open_study(url: str, tune, metric: str, seed: int, name: str = STUDY_NAME) -
         pruner=_pruner(tune) if len(objectives) == 1 else optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
+
+
+def _storage(url: str, heartbeat: int, attempts: int = 5) -> RDBStorage:
+    """The database; two workers starting at once on a new one may race to create its tables, and
+    the loser simply opens what the winner made."""
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(
+                url,
+                heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
+            )
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _pruner(tune) -> optuna.pruners.BasePruner:

@@ -1,0 +1,186 @@
+"""`tunelab tune`: the search space, a study that beats the config as given, pruning, and a study
+that survives a kill and is shared by two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from sqlalchemy.exc import OperationalError
+
+from tunelab.cli import main
+from tunelab.config import SearchRange, validate
+from tunelab.errors import UserError
+from tunelab.search.space import applied, check_space, current_values, default_space
+
+TRANSFER = {
+    "task": "image-classification",
+    "seed": 0,
+    "model": {"source": "digits-cnn"},
+    "data": {
+        "train": "digits",
+        "digits_classes": [5, 6, 7, 8, 9],
+        "digits_train_per_class": 20,
+        "digits_validation_per_class": 20,
+    },
+    "strategy": {"name": "full", "train_last_n_blocks": 2},
+    "train": {"batch_size": 10},
+    "tune": {
+        "space": {
+            "optim.lr": {"low": 1e-5, "high": 1e-1, "log": True},
+            "train.epochs": {"low": 2, "high": 12, "integer": True},
+            "strategy.name": {"choices": ["full", "partial"]},
+        }
+    },
+}
+
+
+def write(tmp_path, config: dict, name: str = "tune"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def study_of(folder) -> optuna.Study:
+    return optuna.load_study(study_name="tunelab", storage=f"sqlite:///{folder / 'study.db'}")
+
+
+def test_the_default_space_sits_around_the_config_and_a_bad_key_is_named():
+    config = validate({"data": {"train": "x.csv"}, "optim": {"lr": 1e-3}, "train": {"epochs": 4}})
+    space = default_space(config)
+    assert space["optim.lr"].low == pytest.approx(1e-4) and space["optim.lr"].high == pytest.approx(1e-2)
+    assert (space["train.epochs"].low, space["train.epochs"].high) == (2, 8)
+    assert current_values(config, space) == {
+        "optim.lr": 1e-3,
+        "optim.weight_decay": 0.01,
+        "schedule.warmup_ratio": 0.0,
+        "train.epochs": 4,
+    }
+    assert applied(config, {"optim.lr": 0.05, "strategy.name": "lora"}, "trial").strategy.name == "lora"
+    with pytest.raises(UserError, match="tune.space.optim.lrr"):
+        check_space(config, {"optim.lrr": SearchRange(low=1e-4, high=1e-2)})
+    with pytest.raises(UserError, match=r"tune.space.strategy.name: 'magic' does not make a valid run"):
+        check_space(config, {"strategy.name": SearchRange(choices=["full", "magic"])})
+
+
+def test_a_study_beats_the_config_as_given_and_prunes_hopeless_trials(tmp_path, capsys):
+    output = tmp_path / "study"
+    assert main(["tune", str(write(tmp_path, TRANSFER)), "--trials", "12", "-o", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert "the config as given" in out and "ready to run: tunelab train" in out
+    summary = json.loads((output / "tune.json").read_text())
+    given = summary["config_as_given"]
+    assert given["number"] == 0  # tunelab's defaults (lr 5e-5, 3 epochs) as the first trial
+    assert summary["best"]["value"] > given["value"] + 0.2
+    assert summary["counts"].get("pruned", 0) >= 1
+    assert summary["counts"]["complete"] + summary["counts"]["pruned"] == 12
+    best = yaml.safe_load((output / "best.yaml").read_text())
+    assert best["optim"]["lr"] == pytest.approx(summary["best"]["params"]["optim.lr"])
+    assert (output / "report.html").read_text().count("<img") >= 2
+    # The best config runs as it stands and scores what its trial scored.
+    assert main(["train", str(output / "best.yaml"), "-o", str(tmp_path / "best"), "--json"]) == 0
+    results = json.loads((tmp_path / "best" / "results.json").read_text())
+    assert results["final"]["validation"]["accuracy"] == pytest.approx(summary["best"]["value"])
+
+
+def test_two_objectives_give_a_pareto_front(tmp_path, capsys):
+    config = TRANSFER | {"tune": TRANSFER["tune"] | {"second_objective": "trainable_parameters"}}
+    config["tune"]["space"] = {
+        "strategy.name": {"choices": ["full", "bitfit"]},
+        "optim.lr": {"low": 1e-3, "high": 3e-2},
+    }
+    output = tmp_path / "pareto"
+    assert main(["tune", str(write(tmp_path, config)), "--trials", "4", "-o", str(output), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["objectives"] == ["accuracy", "trainable_parameters"]
+    assert summary["directions"] == ["maximize", "minimize"]
+    assert summary["pareto"] and "pruned" not in summary["counts"]  # Optuna cannot prune two objectives
+    assert "Pareto front" in (output / "report.html").read_text()
+
+
+def tune_process(config_path, output, trials: int, storage: str | None = None, log=None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "tunelab", "tune", str(config_path), "--trials", str(trials), "-o", str(output)]
+    command += ["--storage", storage] if storage else []
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(command, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
+
+
+def quick(tmp_path) -> dict:
+    """Trials of about a second, heartbeats each second: a dead trial is retried after two."""
+    config = TRANSFER | {"tune": TRANSFER["tune"] | {"heartbeat_seconds": 1, "pruner": "none"}}
+    config["tune"]["space"] = {"optim.lr": {"low": 1e-3, "high": 3e-2, "log": True}, "train.epochs": {"choices": [4]}}
+    config |= {"optim": {"lr": 3e-3}, "train": {"batch_size": 10, "epochs": 4}}  # inside the space: trial 0
+    return config
+
+
+def test_a_killed_study_continues_and_loses_no_trial(tmp_path):
+    config_path, output = write(tmp_path, quick(tmp_path)), tmp_path / "study"
+    with open(tmp_path / "first.log", "w") as log:
+        first = tune_process(config_path, output, 8, log=log)
+        deadline = time.time() + 120
+        while time.time() < deadline:  # kill it mid-trial once three trials have finished
+            time.sleep(0.2)
+            if not (output / "study.db").exists():
+                continue
+            try:
+                states = [t.state for t in study_of(output).get_trials(deepcopy=False)]
+            except (KeyError, OperationalError):  # the database is being created, the study not yet
+                continue
+            if states.count(optuna.trial.TrialState.COMPLETE) >= 3 and states[-1].name == "RUNNING":
+                break
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    before = {t.number: t.values for t in study_of(output).get_trials() if t.state.name == "COMPLETE"}
+    killed = [t.number for t in study_of(output).get_trials() if t.state.name == "RUNNING"]
+    assert len(before) >= 3 and len(killed) == 1
+    time.sleep(2.5)  # past the grace period: the dead trial's heartbeat has stopped
+    with open(tmp_path / "second.log", "w") as log:
+        assert tune_process(config_path, output, 8, log=log).wait(timeout=300) == 0, (
+            tmp_path / "second.log"
+        ).read_text()
+    trials = study_of(output).get_trials()
+    complete = {t.number: t.values for t in trials if t.state.name == "COMPLETE"}
+    assert len(complete) == 8  # the count grew to the target...
+    assert all(complete[number] == values for number, values in before.items())  # ...keeping every result
+    dead = next(t for t in trials if t.number == killed[0])
+    assert dead.state.name == "FAIL"
+    retried = [
+        t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed[0]
+    ]
+    assert retried and retried[0].params == dead.params and retried[0].state.name == "COMPLETE"
+
+
+def test_two_processes_share_one_study(tmp_path):
+    config_path = write(tmp_path, quick(tmp_path))
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]  # noqa: SIM115
+    try:
+        workers = [tune_process(config_path, tmp_path / f"out{i}", 6, storage, logs[i]) for i in range(2)]
+        codes = [worker.wait(timeout=300) for worker in workers]
+    finally:
+        for log in logs:
+            log.close()
+    assert codes == [0, 0], [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    trials = optuna.load_study(study_name="tunelab", storage=storage).get_trials()
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert 6 <= len(finished) <= 7  # each stops once the shared study holds six
+    assert len({t.user_attrs["worker"] for t in finished}) == 2  # both processes did some of them
+    assert len({t.number for t in trials}) == len(trials)
+    # The config as given is queued by whichever worker starts first (both, if they start together).
+    assert 1 <= sum(bool(t.user_attrs.get("config_as_given")) for t in trials) <= 2
+
+
+def test_a_folder_holding_another_study_is_refused(tmp_path, capsys):
+    output = tmp_path / "study"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    assert main(["tune", str(write(tmp_path, TRANSFER)), "--trials", "1", "-o", str(output)]) == 2
+    assert "not a tunelab study" in capsys.readouterr().err
+    assert (output / "notes.txt").read_text() == "mine"
