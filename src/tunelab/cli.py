@@ -56,6 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_argument("--output", "-o", help="where lr_find.json goes (default: runs/<config name>-lr-find)")
     _common(lr_find)
 
+    quantize = commands.add_parser("quantize", help="an int8 copy of a run's model, measured against the float one")
+    quantize.add_argument("run_dir")
+    quantize.add_argument(
+        "--method",
+        choices=("dynamic", "static"),
+        default="dynamic",
+        help="dynamic: int8 linear weights (transformers); static: calibrated int8 (CNNs)",
+    )
+    quantize.add_argument("--output", "-o", help="new run directory (default: RUN_DIR-int8-METHOD)")
+    quantize.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    quantize.add_argument(
+        "--calibration-rows",
+        type=int,
+        default=256,
+        metavar="N",
+        help="train rows that calibrate static quantization (default 256)",
+    )
+    _common(quantize)
+
     tune = commands.add_parser("tune", help="search hyperparameters and strategies with Optuna")
     tune.add_argument("config", help="YAML run config (its tune section holds the search space)")
     _overrides(tune)
@@ -267,6 +286,23 @@ def cmd_audit(args) -> dict:
     return report
 
 
+def cmd_quantize(args) -> dict:
+    from tunelab.recipes.quantize import run_quantize
+    from tunelab.report.terminal import compression_table
+
+    if args.calibration_rows < 1:
+        raise UserError("--calibration-rows: must be 1 or more")
+    run_dir = Path(args.run_dir)
+    output = Path(args.output or f"{run_dir}-int8-{args.method}")
+    results = run_quantize(
+        run_dir, args.method, output, args.overwrite, args.calibration_rows, stderr, show=not args.json
+    )
+    if not args.json:
+        stdout.print(compression_table(results["compression"], "float", "int8"))
+        stdout.print(f"run directory: {output}")
+    return results
+
+
 def cmd_tune(args) -> dict:
     from tunelab.config import dump_config, load_config
     from tunelab.io import write_atomic
@@ -432,6 +468,7 @@ COMMANDS = {
     "continual": cmd_continual,
     "lr-find": cmd_lr_find,
     "tune": cmd_tune,
+    "quantize": cmd_quantize,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "demo": cmd_demo,

@@ -59,6 +59,7 @@ class LoadedModel:
     preprocessing: dict = field(default_factory=dict)
     labels: object | None = None  # the LabelMap of a saved model
     spec: str = ""  # the model.source that rebuilds this base model (a folder made absolute)
+    quantized: bool = False  # int8 kernels: runs on the CPU
 
 
 def load_model(config, labels, channels: int = 3) -> LoadedModel:
@@ -134,6 +135,8 @@ def load_saved_model(folder: Path, config=None) -> LoadedModel:
 
     meta = read_meta(folder)
     labels = LabelMap(tuple(meta["labels"]))
+    if "quantization" in meta:
+        return _quantized(Path(folder), meta, config)
     if "base_source" in meta:
         loaded = _adapted(folder, meta, labels)
     elif meta["kind"] == "module":
@@ -147,6 +150,27 @@ def load_saved_model(folder: Path, config=None) -> LoadedModel:
         if "image_size" in loaded.preprocessing:
             loaded.image_transform = _simple_transform(**loaded.preprocessing)
     loaded.labels = labels
+    return loaded
+
+
+def _quantized(folder: Path, meta: dict, config) -> LoadedModel:
+    """An int8 model: its float source rebuilt, quantized the same way, filled with the saved int8
+    weights. It runs on the CPU."""
+    import torch
+
+    from tunelab.compress.qstate import load_into
+    from tunelab.compress.quantize import quantized
+
+    source = Path(meta["float_source"])
+    if not (source / TUNELAB_META).exists():
+        raise UserError(f"{folder}: its float model {source} is gone; the int8 model is rebuilt on it")
+    loaded = load_saved_model(source, config)
+    settings = meta["quantization"]
+    example = {key: torch.zeros(shape, dtype=torch.long if key != "pixel_values" else torch.float32)
+               for key, shape in settings["example"].items()}  # fmt: skip
+    skeleton = quantized(loaded.model, settings["method"], example)
+    loaded.model = load_into(skeleton, read_safetensors(folder / "quantized.safetensors", f"{folder}: "))
+    loaded.quantized = True
     return loaded
 
 

@@ -51,7 +51,7 @@ def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool =
         raw = read_data(config)
         raw = RawData({k: v for k, v in raw.splits.items() if k != "train"}, labels, raw.channels)
     prepared = prepare_data(raw, loaded, config)
-    accelerator = make_accelerator(config.train)
+    accelerator = make_accelerator(config.train, cpu=loaded.quantized)
     model = accelerator.prepare(loaded.model)
     collate = make_collate(loaded, config.task)
     loaders = {

@@ -31,20 +31,21 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def make_accelerator(train: TrainConfig):
-    """A fresh Accelerator; batches are global and split across processes (split_batches)."""
+def make_accelerator(train: TrainConfig, cpu: bool = False):
+    """A fresh Accelerator; batches are global and split across processes (split_batches).
+    ``cpu`` keeps it on the CPU even beside a GPU (int8 models)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DataLoaderConfiguration
 
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not cpu
     if train.mixed_precision == "fp16" and not cuda:
         raise UserError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 on CPU")
     # Several runs in one process (demo, tests) each get their own settings.
     AcceleratorState._reset_state()
     GradientState._reset_state()
     accelerator = Accelerator(
-        mixed_precision=train.mixed_precision,
+        mixed_precision="no" if cpu else train.mixed_precision,
         gradient_accumulation_steps=train.grad_accum_steps,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         cpu=not cuda,

@@ -224,3 +224,26 @@ def domain_gap_line(gap: dict) -> str:
         f"ROC-AUC {gap['classifier_auc']:.3f} (0.5: the same distribution; 1.0: fully apart); centroid cosine "
         f"distance {gap['centroid_cosine_distance']:.3f}; rows: {gap['rows'][0]} train, {gap['rows'][1]} reference"
     )
+
+
+def compression_table(found: dict, before: str, after: str) -> Table:
+    """The original and the compressed model side by side, with the ratio."""
+    table = Table(title=f"{before} → {after} ({found['method']}; CPU, {found[after]['threads']} threads)")
+    for column in ("", before, after, "ratio"):
+        table.add_column(column, justify="left" if not column else "right")
+    rows = [  # the ratio reads "times smaller / faster": higher is better on every row
+        ("weights on disk (MB)", "size_mb", "{:.2f}", False),
+        ("parameters", "parameters", "{:,}", False),
+        ("latency, batch 1 (ms)", "batch_1_ms", "{:.2f}", False),
+        ("latency, batch 32 (ms)", "batch_32_ms", "{:.1f}", False),
+        ("throughput (rows/s)", "rows_per_second", "{:.0f}", True),
+    ]
+    for label, key, shape, higher_is_better in rows:
+        a, b = found[before][key], found[after][key]
+        ratio = (b / a if higher_is_better else a / b) if a and b else None
+        table.add_row(label, shape.format(a), shape.format(b), "–" if ratio is None else f"{ratio:.2f}x")
+    for split in ("validation", "test"):
+        if split in found[after]:
+            a, b = found[before][split]["accuracy"], found[after][split]["accuracy"]
+            table.add_row(f"{split} accuracy", f"{a:.4f}", f"{b:.4f}", f"{100 * (b - a):+.1f} pts")
+    return table

@@ -1,0 +1,2 @@
+"""Smaller and faster after fine-tuning: quantization (and, next, distillation), each measured
+against the float model it came from."""

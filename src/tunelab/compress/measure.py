@@ -1,0 +1,60 @@
+"""What a compressed model costs and gains, measured the same way for it and its original:
+size on disk, parameters, CPU latency at batch 1 and 32 (median of repeated runs, threads
+stated), throughput, and accuracy on validation and test."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from tunelab.evaluate import output_logits
+from tunelab.evaluate.metrics import classification_metrics
+
+REPEATS = {1: 30, 32: 10}
+WARMUP = 3
+
+
+@torch.inference_mode()
+def scores(model, loader, num_labels: int) -> dict:
+    """Metrics of one split on the CPU (quantized kernels run there)."""
+    logits, labels = [], []
+    for batch in loader:
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        logits.append(output_logits(model(**inputs)).float())
+        labels.append(batch["labels"])
+    return classification_metrics(torch.cat(logits), torch.cat(labels), num_labels)
+
+
+@torch.inference_mode()
+def latency(model, batches: dict[int, dict]) -> dict:
+    """Median seconds per batch for each batch size, and rows per second at the largest."""
+    found = {"threads": torch.get_num_threads()}
+    for size, batch in batches.items():
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        for _ in range(WARMUP):
+            model(**inputs)
+        times = []
+        for _ in range(REPEATS.get(size, 10)):
+            started = time.perf_counter()
+            model(**inputs)
+            times.append(time.perf_counter() - started)
+        found[f"batch_{size}_ms"] = 1000 * statistics.median(times)
+    largest = max(batches)
+    found["rows_per_second"] = largest / (found[f"batch_{largest}_ms"] / 1000)
+    return found
+
+
+def parameters(model) -> int:
+    """Weights in the float model, or held by the quantized one (packed int8 weights included)."""
+    count = sum(p.numel() for p in model.parameters())
+    for module in model.modules():
+        packed = getattr(module, "_packed_params", None)
+        weight = getattr(module, "weight", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            weight, bias = packed._weight_bias()
+            count += weight.numel() + (bias.numel() if bias is not None else 0)
+        elif callable(weight) and not isinstance(weight, torch.nn.Parameter):  # quantized conv
+            count += weight().numel() + (module.bias().numel() if module.bias() is not None else 0)
+    return count

@@ -1,0 +1,61 @@
+"""Post-training int8 quantization with PyTorch's own flows (``torch.ao.quantization``).
+
+- dynamic: weights of every ``nn.Linear`` stored as int8, activations quantized on the fly
+  (fbgemm/x86 kernels): the flow for linear-heavy models such as BERT.
+- static: FX graph mode; observers record activation ranges on a few hundred training rows, then
+  convolutions and linear layers run in int8 end to end: the flow for CNNs. It needs a model FX
+  can trace (the built-in CNNs and plain modules; not Hugging Face transformers).
+
+PyTorch marks these flows deprecated in favour of torchao, whose CPU int8 path needs
+``torch.compile``; until that is the faster path on CPU, these are the kernels that deliver
+(the issue's anchor, PyTorch's BERT tutorial, uses them). Their deprecation warnings are silenced
+here and only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from tunelab.errors import UserError
+
+BACKEND = "x86"
+METHODS = ("dynamic", "static")
+
+
+@contextlib.contextmanager
+def quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+def quantized(model: nn.Module, method: str, example: dict | None = None, batches=()) -> nn.Module:
+    """An int8 copy of ``model`` (left as it is). ``example`` is one batch of model inputs (static
+    only); ``batches`` calibrate the static observers (none: the skeleton a saved one loads into)."""
+    torch.backends.quantized.engine = BACKEND
+    model = copy.deepcopy(model).eval().cpu()
+    with quiet(), torch.inference_mode(False), torch.no_grad():
+        if method == "dynamic":
+            from torch.ao.quantization import quantize_dynamic
+
+            return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        try:
+            prepared = prepare_fx(model, get_default_qconfig_mapping(BACKEND), example_inputs=tuple(example.values()))
+        except Exception as error:  # FX raises many kinds on code it cannot trace
+            raise UserError(
+                f"quantize --method static: this model cannot be traced for static quantization "
+                f"({type(error).__name__}); use --method dynamic"
+            ) from None
+        for batch in batches:
+            prepared(**batch)
+        return convert_fx(prepared)

@@ -1,0 +1,105 @@
+"""`tunelab quantize`: a finished run's model in int8, written as a run directory of its own
+(eval and predict load it), with the float and int8 models measured side by side.
+
+The int8 weights are saved with safetensors; the model's architecture is rebuilt from the float
+run it came from (recorded as ``float_source``, as an adapter records its base model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from safetensors.torch import save_file
+from torch.utils.data import Subset
+
+from tunelab.compress.measure import latency, parameters, scores
+from tunelab.compress.qstate import to_tensors
+from tunelab.compress.quantize import quantized
+from tunelab.config import dump_config
+from tunelab.data import RawData, prepare_data, read_data
+from tunelab.data.collate import make_collate
+from tunelab.engine.data_loading import eval_loader
+from tunelab.io import folder_megabytes, read_json_object, write_atomic, write_json
+from tunelab.models.loading import LABEL_MAP, TUNELAB_META
+from tunelab.recipes.evaluate import load_run
+from tunelab.recipes.runtime import quiet_libraries
+from tunelab.rundir import CONFIG, MODEL, RESULTS, finish_run_dir, prepare_run_dir
+
+QUANTIZED_WEIGHTS = "quantized.safetensors"
+LATENCY_SIZES = (1, 32)
+SCORED = ("validation", "test")
+
+
+def run_quantize(
+    run_dir: Path, method: str, output: Path, overwrite: bool, calibration_rows: int, console: Console, show: bool
+) -> dict:
+    quiet_libraries()
+    config, loaded = load_run(run_dir)
+    raw = read_data(config)
+    data = prepare_data(RawData(raw.splits, loaded.labels, raw.channels), loaded, config).datasets
+    collate = make_collate(loaded, config.task)
+    float_model = loaded.model.eval().cpu()
+    rows = range(min(calibration_rows, len(data["train"])))
+    calibration = [_inputs(batch) for batch in eval_loader(Subset(data["train"], rows), 32, collate)]
+    example = {key: value[:1] for key, value in calibration[0].items()}
+    status = console.status(f"quantizing ({method}) and measuring ...") if show else contextlib.nullcontext()
+    with status:
+        int8 = quantized(float_model, method, example, calibration)
+        timing = {size: collate([data["validation"][i % len(data["validation"])] for i in range(size)])
+                  for size in LATENCY_SIZES}  # fmt: skip
+        splits = {name: data[name] for name in SCORED if name in data}
+        report = {name: _measured(model, splits, timing, collate, len(loaded.labels))
+                  for name, model in (("float", float_model), ("int8", int8))}  # fmt: skip
+    return _write(run_dir, output, overwrite, config, int8, method, example, report, splits, loaded, calibration_rows)
+
+
+def _measured(model, splits: dict, timing: dict, collate, num_labels: int) -> dict:
+    found = {split: scores(model, eval_loader(dataset, 64, collate), num_labels) for split, dataset in splits.items()}
+    return found | latency(model, timing) | {"parameters": parameters(model)}
+
+
+def _write(run_dir, output, overwrite, config, int8, method, example, report, splits, loaded, calibration_rows):
+    source = Path(run_dir) / MODEL
+    output = prepare_run_dir(output, overwrite)
+    succeeded = False
+    try:
+        write_atomic(output / CONFIG, dump_config(config))
+        folder = output / MODEL
+        folder.mkdir()
+        save_file(to_tensors(int8.state_dict()), str(folder / QUANTIZED_WEIGHTS))
+        shape = {key: list(value.shape) for key, value in example.items()}
+        meta = read_json_object(source / TUNELAB_META) | {
+            "quantization": {"method": method, "backend": "x86", "example": shape},
+            "float_source": str(source.resolve()),
+        }
+        write_json(folder / TUNELAB_META, meta)
+        if (source / LABEL_MAP).exists():
+            shutil.copy2(source / LABEL_MAP, folder / LABEL_MAP)
+        report["float"]["size_mb"] = _weights_mb(source)
+        report["int8"]["size_mb"] = _weights_mb(folder)
+        compression = {"method": method, "source_run": str(run_dir)} | report
+        compression["calibration_rows"] = calibration_rows if method == "static" else 0
+        results = {
+            "task": config.task,
+            "compression": compression,
+            "final": {split: report["int8"][split] for split in splits},
+            "labels": list(loaded.labels.names),
+            "saved_model_mb": folder_megabytes(folder),
+        }
+        write_json(output / RESULTS, results)
+        succeeded = True
+    finally:
+        finish_run_dir(output, succeeded)
+    return results
+
+
+def _weights_mb(folder: Path) -> float:
+    """Megabytes of weight files (safetensors) in a model folder."""
+    return sum(path.stat().st_size for path in Path(folder).glob("*.safetensors")) / 1e6
+
+
+def _inputs(batch: dict) -> dict:
+    return {key: value for key, value in batch.items() if key != "labels"}
