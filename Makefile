@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test slow lint clean
+.PHONY: setup demo test slow bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,13 @@ test: setup
 slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
+# Side-by-side measurements (minutes; SST-2 parts need ../shared/data/sst2). Never part of `make test`.
+bench: setup
+	$(BIN)/python benchmarks/label_noise_sst2.py
+	$(BIN)/python benchmarks/quantize.py
+
 lint: setup
-	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff check src tests examples benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

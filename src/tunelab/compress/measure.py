@@ -47,14 +47,13 @@ def latency(model, batches: dict[int, dict]) -> dict:
 
 
 def parameters(model) -> int:
-    """Weights in the float model, or held by the quantized one (packed int8 weights included)."""
+    """Weights in the float model, or held by the quantized one: int8 layers expose theirs through
+    ``weight()`` and ``bias()`` methods rather than parameters."""
     count = sum(p.numel() for p in model.parameters())
     for module in model.modules():
-        packed = getattr(module, "_packed_params", None)
-        weight = getattr(module, "weight", None)
-        if packed is not None and hasattr(packed, "_weight_bias"):
-            weight, bias = packed._weight_bias()
-            count += weight.numel() + (bias.numel() if bias is not None else 0)
-        elif callable(weight) and not isinstance(weight, torch.nn.Parameter):  # quantized conv
-            count += weight().numel() + (module.bias().numel() if module.bias() is not None else 0)
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+        if callable(weight) and not isinstance(weight, torch.nn.Parameter):
+            count += weight().numel()
+            held = bias() if callable(bias) else None
+            count += held.numel() if held is not None else 0
     return count

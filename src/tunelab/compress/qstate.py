@@ -12,7 +12,7 @@ import torch
 
 DTYPES = {torch.qint8: 0, torch.quint8: 1, torch.qint32: 2, torch.float32: 3}
 BY_CODE = {code: dtype for dtype, code in DTYPES.items()}
-PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric)
+PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
 
 
 def to_tensors(state: dict) -> dict[str, torch.Tensor]:

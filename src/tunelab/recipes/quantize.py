@@ -51,13 +51,16 @@ def run_quantize(
         timing = {size: collate([data["validation"][i % len(data["validation"])] for i in range(size)])
                   for size in LATENCY_SIZES}  # fmt: skip
         splits = {name: data[name] for name in SCORED if name in data}
-        report = {name: _measured(model, splits, timing, collate, len(loaded.labels))
+        # Scored in the batches `tunelab eval` uses: dynamic int8 scales each batch's activations
+        # by that batch's range, so the batching moves the last digit.
+        size = config.train.eval_batch_size
+        report = {name: _measured(model, splits, timing, collate, len(loaded.labels), size)
                   for name, model in (("float", float_model), ("int8", int8))}  # fmt: skip
     return _write(run_dir, output, overwrite, config, int8, method, example, report, splits, loaded, calibration_rows)
 
 
-def _measured(model, splits: dict, timing: dict, collate, num_labels: int) -> dict:
-    found = {split: scores(model, eval_loader(dataset, 64, collate), num_labels) for split, dataset in splits.items()}
+def _measured(model, splits: dict, timing: dict, collate, num_labels: int, batch_size: int) -> dict:
+    found = {split: scores(model, eval_loader(ds, batch_size, collate), num_labels) for split, ds in splits.items()}
     return found | latency(model, timing) | {"parameters": parameters(model)}
 
 
