@@ -1,7 +1,8 @@
 """Post-training int8 quantization measured end to end on this machine:
 
 - MiniLM fine-tuned on the SST-2 example (examples/sst2-minilm.yaml), quantized dynamically;
-- the digits CNN (examples/digits-forgetting.yaml without its retain set), quantized statically.
+- the digits CNN (examples/digits-forgetting.yaml without its retain set), quantized statically,
+  and the same run trained quantization-aware (train.quantization_aware).
 
     .venv/bin/python benchmarks/quantize.py        # SST-2 part needs ../shared/data/sst2
 
@@ -47,6 +48,15 @@ def main() -> int:
             results = run_quantize(run_dir, method, Path(folder) / f"{name}-int8", False, 256, console, False)
             console.print(compression_table(results["compression"], "float", "int8"))
             found[name] = results["compression"]
+        qat_overrides = ["retain=[]", "train.quantization_aware=true", "train.load_best_at_end=false"]
+        config = load_config(ROOT / "examples" / "digits-forgetting.yaml", qat_overrides)
+        qat = run_training(config, prepare_run_dir(Path(folder) / "qat", overwrite=False), progress=False)
+        found["digits-cnn-qat"] = qat["quantization_aware"] | {"saved_model_mb": qat["saved_model_mb"]}
+        float_test = found["digits-cnn-static"]["float"]["test"]["accuracy"]
+        console.print(
+            f"digits CNN test accuracy: float {float_test:.4f}, quantization-aware int8 "
+            f"{qat['quantization_aware']['int8']['test']['accuracy']:.4f}"
+        )
     out = ROOT / "benchmarks" / "results" / "quantize.json"
     out.write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
     console.print(f"wrote {out}")

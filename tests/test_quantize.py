@@ -104,3 +104,25 @@ def test_an_int8_run_whose_float_run_is_gone_says_so(cnn_run, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "int8")]) == 2
     err = capsys.readouterr().err.strip()
     assert "its float model" in err and "is gone" in err and len(err.splitlines()) == 1
+
+
+def test_quantization_aware_training_saves_an_int8_model_that_reloads(tmp_path, capsys):
+    config = CNN_RUN | {"train": CNN_RUN["train"] | {"quantization_aware": True, "load_best_at_end": False}}
+    (tmp_path / "qat.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "qat.yaml"), "-o", str(tmp_path / "qat"), "--json"]) == 0
+    capsys.readouterr()
+    results = json.loads((tmp_path / "qat" / "results.json").read_text())
+    int8, fake = results["quantization_aware"]["int8"], results["quantization_aware"]["fake_quantized"]
+    assert results["final"]["validation"] == int8["validation"]  # the run's scores are the saved int8 model's
+    assert abs(int8["validation"]["accuracy"] - fake["validation"]["accuracy"]) < 0.05
+    assert (tmp_path / "qat" / "model" / "quantized.safetensors").exists()
+    assert main(["eval", str(tmp_path / "qat"), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["validation"]["accuracy"] == pytest.approx(int8["validation"]["accuracy"])
+
+
+def test_quantization_aware_training_names_what_it_needs(tmp_path, capsys):
+    config = CNN_RUN | {"train": CNN_RUN["train"] | {"quantization_aware": True}}
+    (tmp_path / "qat.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "qat.yaml"), "-o", str(tmp_path / "qat")]) == 2
+    assert "train.quantization_aware: set train.load_best_at_end: false" in capsys.readouterr().err

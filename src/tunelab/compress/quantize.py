@@ -26,7 +26,7 @@ from torch import nn
 from tunelab.errors import UserError
 
 BACKEND = "x86"
-METHODS = ("dynamic", "static")
+METHODS = ("dynamic", "static", "qat")
 
 
 @contextlib.contextmanager
@@ -50,8 +50,12 @@ def quantized(model: nn.Module, method: str, example: dict | None = None, batche
 
             spec = {nn.Linear: per_channel_dynamic_qconfig, nn.Embedding: float_qparams_weight_only_qconfig}
             return quantize_dynamic(model, spec, dtype=torch.qint8)
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        if method == "qat":  # the skeleton a quantization-aware run loads into
+            return convert_fx(aware(model, example).eval())
         from torch.ao.quantization import get_default_qconfig_mapping
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+        from torch.ao.quantization.quantize_fx import prepare_fx
 
         try:
             prepared = prepare_fx(model, get_default_qconfig_mapping(BACKEND), example_inputs=tuple(example.values()))
@@ -63,3 +67,29 @@ def quantized(model: nn.Module, method: str, example: dict | None = None, batche
         for batch in batches:
             prepared(**batch)
         return convert_fx(prepared)
+
+
+def aware(model: nn.Module, example: dict) -> nn.Module:
+    """``model`` with fake quantization inserted (quantization-aware training, FX graph mode):
+    it trains in float while every weight and activation is rounded as int8 would round it."""
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    torch.backends.quantized.engine = BACKEND
+    with quiet():
+        try:
+            return prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping(BACKEND), tuple(example.values()))
+        except Exception as error:  # FX raises many kinds on code it cannot trace
+            raise UserError(
+                f"train.quantization_aware: this model cannot be traced for quantization ({type(error).__name__}); "
+                "quantization-aware training needs the built-in CNNs or a plain module"
+            ) from None
+
+
+def converted(model: nn.Module) -> nn.Module:
+    """The int8 model a quantization-aware one becomes (on the CPU; the trained model is kept)."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    torch.backends.quantized.engine = BACKEND
+    with quiet(), torch.no_grad():
+        return convert_fx(copy.deepcopy(model).cpu().eval())

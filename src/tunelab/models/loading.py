@@ -161,11 +161,18 @@ def _quantized(folder: Path, meta: dict, config) -> LoadedModel:
     from tunelab.compress.qstate import load_into
     from tunelab.compress.quantize import quantized
 
-    source = Path(meta["float_source"])
-    if not (source / TUNELAB_META).exists():
-        raise UserError(f"{folder}: its float model {source} is gone; the int8 model is rebuilt on it")
-    loaded = load_saved_model(source, config)
     settings = meta["quantization"]
+    if settings["method"] == "qat":  # trained quantization-aware: rebuilt from the run's own model source
+        from tunelab.data.labels import LabelMap
+
+        labels = LabelMap(tuple(meta["labels"]))
+        loaded = load_model(config, labels, meta["init_kwargs"].get("in_channels", 3))
+        loaded.labels = labels
+    else:
+        source = Path(meta["float_source"])
+        if not (source / TUNELAB_META).exists():
+            raise UserError(f"{folder}: its float model {source} is gone; the int8 model is rebuilt on it")
+        loaded = load_saved_model(source, config)
     example = {key: torch.zeros(shape, dtype=torch.long if key != "pixel_values" else torch.float32)
                for key, shape in settings["example"].items()}  # fmt: skip
     skeleton = quantized(loaded.model, settings["method"], example)

@@ -20,14 +20,25 @@ from tunelab.models.pooled import PooledClassifier, save_pooled
 FORMAT_VERSION = 1
 
 
-def save_model(loaded: LoadedModel, model: nn.Module, folder: Path, labels, task: str) -> Path:
+def save_model(
+    loaded: LoadedModel, model: nn.Module, folder: Path, labels, task: str, quantization: dict | None = None
+) -> Path:
+    """``quantization`` (an int8 model from quantization-aware training): its int8 state is saved
+    as plain tensors with safetensors, and reloads into the run's own model quantized alike."""
     folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     base = model.get_base_model() if is_peft(model) else model
     extra = {"pooling": base.pooling} if isinstance(base, PooledClassifier) else {}
-    if is_peft(model) or bottleneck_settings(model) is not None:
+    if quantization is not None:
+        from safetensors.torch import save_file
+
+        from tunelab.compress.qstate import to_tensors
+
+        save_file(to_tensors(model.state_dict()), str(staging / "quantized.safetensors"))
+        extra["quantization"] = quantization
+    elif is_peft(model) or bottleneck_settings(model) is not None:
         extra |= save_adapted(model, staging, whole_base=loaded.kind == "module") | {"base_source": loaded.spec}
     elif isinstance(model, PooledClassifier):
         save_pooled(model, staging)

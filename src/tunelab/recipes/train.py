@@ -162,6 +162,11 @@ def run_training(
     train_seconds = earlier_seconds + time.perf_counter() - started
     final = evaluate_splits(model, eval_dls, accelerator, num_labels, bars, "fine-tuned model", eval_groups)
 
+    quantization = None
+    if config.train.quantization_aware:
+        quantization, int8, aware_scores = _converted(accelerator.unwrap_model(model), run, config)
+        aware_scores["fake_quantized"] = {split: final[split] for split in aware_scores["int8"]}
+        final |= aware_scores["int8"]  # the saved model is the int8 one: its scores are the run's
     if forgetting is not None:
         final_forgetting = forgetting_results(model, forgetting, accelerator)
         forgetting.tap.remove()
@@ -202,8 +207,11 @@ def run_training(
     }
     if forgetting is not None:
         results |= final_forgetting | {"forgetting_methods": config.forgetting.model_dump(exclude_none=True)}
+    if quantization is not None:
+        results["quantization_aware"] = aware_scores
     if main:
-        save_model(loaded, accelerator.unwrap_model(model), run_dir / MODEL, data.labels, config.task)
+        saved = int8 if quantization is not None else accelerator.unwrap_model(model)
+        save_model(loaded, saved, run_dir / MODEL, data.labels, config.task, quantization)
         results["saved_model_mb"] = folder_megabytes(run_dir / MODEL)
         write_json(run_dir / RESULTS, results)
         from tunelab.report import write_report
@@ -251,6 +259,10 @@ def prepare_run(config: RunConfig, accelerator, warn) -> PreparedRun:
             warn(data_warnings[-1])
     strategy = build_strategy(config.strategy, loaded.fresh_head)
     model = strategy.apply(loaded.model)
+    if config.train.quantization_aware:
+        from tunelab.compress.quantize import aware
+
+        model = aware(model, _example(data.datasets["train"], make_collate(loaded, config.task)))
     _, total = count_parameters(model)
     if accelerator.num_processes > 1 and _trains_batch_norm(model, config):
         warn(
@@ -274,6 +286,25 @@ def prepare_run(config: RunConfig, accelerator, warn) -> PreparedRun:
         raw, data, loaded, strategy, model, optimizer, groups, trainable, total, collate, train_dl, sampler,
         eval_dls, eval_groups, data_warnings,
     )  # fmt: skip
+
+
+def _example(dataset, collate) -> dict:
+    """One training row as model inputs: what FX traces the model with."""
+    return {key: value for key, value in collate([dataset[0]]).items() if key != "labels"}
+
+
+def _converted(model, run: PreparedRun, config: RunConfig) -> tuple[dict, torch.nn.Module, dict]:
+    """The quantization-aware model turned int8, scored on the CPU beside its fake-quantized self."""
+    from tunelab.compress.measure import scores
+    from tunelab.compress.quantize import converted
+
+    int8 = converted(model)
+    example = _example(run.data.datasets["train"], run.collate)
+    splits = {name: ds for name, ds in run.data.datasets.items() if name in ("validation", "test")}
+    size, labels = config.train.eval_batch_size, len(run.data.labels)
+    int8_scores = {name: scores(int8, eval_loader(ds, size, run.collate), labels) for name, ds in splits.items()}
+    setting = {"method": "qat", "backend": "x86", "example": {k: list(v.shape) for k, v in example.items()}}
+    return setting, int8, {"int8": int8_scores}
 
 
 def find_rate(run: PreparedRun, config: RunConfig, accelerator, class_weights=None, console=None) -> dict:
