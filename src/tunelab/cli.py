@@ -75,6 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(quantize)
 
+    distill = commands.add_parser("distill", help="train a smaller student from a finished run (the teacher)")
+    distill.add_argument("run_dir", help="the teacher: a finished run")
+    distill.add_argument(
+        "--student",
+        required=True,
+        metavar="SPEC",
+        help="layers:N (the teacher's blocks, every k-th kept) or any model.source",
+    )
+    _overrides(distill)
+    distill.add_argument("--output", "-o", help="the student's run directory (default: RUN_DIR-distilled)")
+    distill.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    _common(distill)
+
     tune = commands.add_parser("tune", help="search hyperparameters and strategies with Optuna")
     tune.add_argument("config", help="YAML run config (its tune section holds the search space)")
     _overrides(tune)
@@ -303,6 +316,26 @@ def cmd_quantize(args) -> dict:
     return results
 
 
+def cmd_distill(args) -> dict:
+    from tunelab.recipes.distill import run_distill
+    from tunelab.report.terminal import compression_table
+
+    output = Path(args.output or f"{Path(args.run_dir)}-distilled")
+    results = run_distill(
+        Path(args.run_dir),
+        args.student,
+        args.overrides,
+        output,
+        args.overwrite,
+        stderr,
+        show=not (args.quiet or args.json),
+    )
+    if not args.json:
+        stdout.print(compression_table(results["distillation"], "teacher", "student"))
+        stdout.print(f"run directory: {output}   report: {output / 'report.html'}")
+    return results
+
+
 def cmd_tune(args) -> dict:
     from tunelab.config import dump_config, load_config
     from tunelab.io import write_atomic
@@ -469,6 +502,7 @@ COMMANDS = {
     "lr-find": cmd_lr_find,
     "tune": cmd_tune,
     "quantize": cmd_quantize,
+    "distill": cmd_distill,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "demo": cmd_demo,

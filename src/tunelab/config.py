@@ -420,6 +420,15 @@ class SearchRange(Section):
         return self
 
 
+class DistillConfig(Section):
+    """Learn from a fine-tuned teacher run as well as from the labels (`tunelab distill`)."""
+
+    teacher: str = Field(..., description="the teacher's run directory (a finished tunelab run)")
+    temperature: float = Field(2.0, gt=0.0, description="softens both models' outputs before they are compared")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the teacher's outputs; 1 - alpha on the labels")
+    hidden: float = Field(0.0, ge=0.0, description="weight of matching the teacher's features, where shapes agree")
+
+
 class TuneConfig(Section):
     """`tunelab tune`: an Optuna study over the config's own keys."""
 
@@ -508,6 +517,7 @@ class RunConfig(BaseModel):
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     continual: ContinualConfig | None = None
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    distill: DistillConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -516,6 +526,12 @@ class RunConfig(BaseModel):
         if isinstance(raw, dict) and "data" not in raw and isinstance(raw.get("continual"), dict):
             return raw | {"data": {"train": "digits"}}
         return raw
+
+    @model_validator(mode="after")
+    def _one_extra_loss(self) -> RunConfig:
+        if self.distill is not None and self.forgetting.methods:
+            raise ValueError("distill and forgetting methods each replace the loss; use one of them")
+        return self
 
     @model_validator(mode="after")
     def _quantization_aware_fits(self) -> RunConfig:

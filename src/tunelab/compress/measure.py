@@ -57,3 +57,29 @@ def parameters(model) -> int:
             held = bias() if callable(bias) else None
             count += held.numel() if held is not None else 0
     return count
+
+
+LATENCY_SIZES = (1, 32)
+SCORED = ("validation", "test")
+
+
+def measured(model, datasets: dict, collate, num_labels: int, batch_size: int) -> dict:
+    """Accuracy on validation and test (in ``batch_size`` batches, as `tunelab eval` scores),
+    latency at batch 1 and 32 on validation rows, and the parameter count."""
+    from tunelab.engine.data_loading import eval_loader
+
+    rows = datasets["validation"]
+    timing = {size: collate([rows[i % len(rows)] for i in range(size)]) for size in LATENCY_SIZES}
+    found = {
+        split: scores(model, eval_loader(datasets[split], batch_size, collate), num_labels)
+        for split in SCORED
+        if split in datasets
+    }
+    return found | latency(model, timing) | {"parameters": parameters(model)}
+
+
+def weights_mb(folder) -> float:
+    """Megabytes of weight files (safetensors) in a model folder."""
+    from pathlib import Path
+
+    return sum(path.stat().st_size for path in Path(folder).glob("*.safetensors")) / 1e6

@@ -15,7 +15,7 @@ from rich.console import Console
 from safetensors.torch import save_file
 from torch.utils.data import Subset
 
-from tunelab.compress.measure import latency, parameters, scores
+from tunelab.compress.measure import SCORED, measured, weights_mb
 from tunelab.compress.qstate import to_tensors
 from tunelab.compress.quantize import quantized
 from tunelab.config import dump_config
@@ -29,8 +29,6 @@ from tunelab.recipes.runtime import quiet_libraries
 from tunelab.rundir import CONFIG, MODEL, RESULTS, finish_run_dir, prepare_run_dir
 
 QUANTIZED_WEIGHTS = "quantized.safetensors"
-LATENCY_SIZES = (1, 32)
-SCORED = ("validation", "test")
 
 
 def run_quantize(
@@ -48,20 +46,13 @@ def run_quantize(
     status = console.status(f"quantizing ({method}) and measuring ...") if show else contextlib.nullcontext()
     with status:
         int8 = quantized(float_model, method, example, calibration)
-        timing = {size: collate([data["validation"][i % len(data["validation"])] for i in range(size)])
-                  for size in LATENCY_SIZES}  # fmt: skip
         splits = {name: data[name] for name in SCORED if name in data}
         # Scored in the batches `tunelab eval` uses: dynamic int8 scales each batch's activations
         # by that batch's range, so the batching moves the last digit.
         size = config.train.eval_batch_size
-        report = {name: _measured(model, splits, timing, collate, len(loaded.labels), size)
+        report = {name: measured(model, data, collate, len(loaded.labels), size)
                   for name, model in (("float", float_model), ("int8", int8))}  # fmt: skip
     return _write(run_dir, output, overwrite, config, int8, method, example, report, splits, loaded, calibration_rows)
-
-
-def _measured(model, splits: dict, timing: dict, collate, num_labels: int, batch_size: int) -> dict:
-    found = {split: scores(model, eval_loader(ds, batch_size, collate), num_labels) for split, ds in splits.items()}
-    return found | latency(model, timing) | {"parameters": parameters(model)}
 
 
 def _write(run_dir, output, overwrite, config, int8, method, example, report, splits, loaded, calibration_rows):
@@ -81,8 +72,8 @@ def _write(run_dir, output, overwrite, config, int8, method, example, report, sp
         write_json(folder / TUNELAB_META, meta)
         if (source / LABEL_MAP).exists():
             shutil.copy2(source / LABEL_MAP, folder / LABEL_MAP)
-        report["float"]["size_mb"] = _weights_mb(source)
-        report["int8"]["size_mb"] = _weights_mb(folder)
+        report["float"]["size_mb"] = weights_mb(source)
+        report["int8"]["size_mb"] = weights_mb(folder)
         compression = {"method": method, "source_run": str(run_dir)} | report
         compression["calibration_rows"] = calibration_rows if method == "static" else 0
         results = {
@@ -97,11 +88,6 @@ def _write(run_dir, output, overwrite, config, int8, method, example, report, sp
     finally:
         finish_run_dir(output, succeeded)
     return results
-
-
-def _weights_mb(folder: Path) -> float:
-    """Megabytes of weight files (safetensors) in a model folder."""
-    return sum(path.stat().st_size for path in Path(folder).glob("*.safetensors")) / 1e6
 
 
 def _inputs(batch: dict) -> dict:

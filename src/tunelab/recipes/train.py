@@ -81,6 +81,8 @@ def run_training(
         loss_fn = functools.partial(classification_loss, weights=class_weights)
     else:
         loss_fn = classification_loss
+    if config.distill is not None:
+        loss_fn = _distillation(config, run, accelerator, class_weights)
     early_stopping = None
     if config.train.early_stopping:
         stopping = config.train.early_stopping
@@ -286,6 +288,21 @@ def prepare_run(config: RunConfig, accelerator, warn) -> PreparedRun:
         raw, data, loaded, strategy, model, optimizer, groups, trainable, total, collate, train_dl, sampler,
         eval_dls, eval_groups, data_warnings,
     )  # fmt: skip
+
+
+def _distillation(config: RunConfig, run: PreparedRun, accelerator, class_weights):
+    """The teacher run's model, frozen beside the student, in the loss."""
+    from tunelab.compress.distill import DistillationLoss
+    from tunelab.forgetting.heads import HeadTap
+    from tunelab.models import load_saved_model
+    from tunelab.rundir import existing_run
+
+    teacher_dir = existing_run(config.distill.teacher)
+    teacher = load_saved_model(teacher_dir / MODEL).model.to(accelerator.device)
+    taps = (None, None)
+    if config.distill.hidden > 0:
+        taps = (HeadTap(accelerator.unwrap_model(run.model)), HeadTap(teacher))
+    return DistillationLoss(teacher, config.distill, *taps, weights=class_weights)
 
 
 def _example(dataset, collate) -> dict:
