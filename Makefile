@@ -30,6 +30,7 @@ slow: setup
 bench: setup
 	$(BIN)/python benchmarks/label_noise_sst2.py
 	$(BIN)/python benchmarks/quantize.py
+	$(BIN)/python benchmarks/distill_sst2.py
 
 lint: setup
 	$(BIN)/ruff check src tests examples benchmarks

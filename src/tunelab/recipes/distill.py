@@ -34,7 +34,7 @@ def run_distill(
         raw["model"]["source"] = _student_source(teacher_dir, student, output)
         config = load_config(None, overrides, base=raw)
         results = run_training(config, output, console, progress=show)
-        results["distillation"] = _side_by_side(teacher_dir, output) | {"student_spec": student}
+        results["distillation"] = side_by_side(teacher_dir, output) | {"student_spec": student}
         write_json(output / RESULTS, results)
         succeeded = True
     finally:
@@ -57,7 +57,7 @@ def _student_source(teacher_dir: Path, student: str, output: Path) -> str:
     return str(folder.resolve())
 
 
-def _side_by_side(teacher_dir: Path, student_dir: Path) -> dict:
+def side_by_side(teacher_dir: Path, student_dir: Path) -> dict:
     """Teacher and student measured alike on the CPU."""
     found = {"method": "distill"}
     for name, run_dir in (("teacher", teacher_dir), ("student", student_dir)):
