@@ -124,9 +124,12 @@ def test_a_killed_study_continues_and_loses_no_trial(tmp_path):
     config_path, output = write(tmp_path, quick(tmp_path)), tmp_path / "study"
     with open(tmp_path / "first.log", "w") as log:
         first = tune_process(config_path, output, 8, log=log)
-        deadline = time.time() + 120
-        while time.time() < deadline:  # kill it mid-trial once three trials have finished
+        deadline = time.time() + 600  # generous: a busy CI machine starts Python slowly
+        while True:  # kill it mid-trial once three trials have finished
             time.sleep(0.2)
+            if time.time() > deadline or first.poll() is not None:
+                first.kill()
+                pytest.fail(f"the study never reached three trials and a fourth running:\n{log.name}")
             if not (output / "study.db").exists():
                 continue
             try:
@@ -171,7 +174,7 @@ def test_two_processes_share_one_study(tmp_path):
     logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]  # noqa: SIM115
     try:
         first = tune_process(config_path, tmp_path / "out0", 10, storage, logs[0])
-        deadline = time.time() + 120
+        deadline = time.time() + 600
         while finished_trials(storage) < 1 and time.time() < deadline:
             time.sleep(0.2)
         second = tune_process(config_path, tmp_path / "out1", 10, storage, logs[1])  # joins mid-study
