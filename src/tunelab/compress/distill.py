@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.errors import UserError
-from tunelab.evaluate import output_logits
+from tunelab.evaluate import model_inputs, output_logits
 from tunelab.forgetting.regularizers import distillation_loss
 from tunelab.strategies.anatomy import anatomy
 
@@ -63,7 +63,7 @@ class DistillationLoss:
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
 
     def __call__(self, model, batch: dict) -> torch.Tensor:
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        inputs = model_inputs(batch)
         settings = self.settings
         with self.student_tap or contextlib.nullcontext():
             student = output_logits(model(**inputs)).float()

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from tunelab.evaluate import output_logits
+from tunelab.evaluate import model_inputs, output_logits
 from tunelab.evaluate.metrics import classification_metrics
 
 REPEATS = {1: 30, 32: 10}
@@ -21,7 +21,7 @@ def scores(model, loader, num_labels: int) -> dict:
     """Metrics of one split on the CPU (quantized kernels run there)."""
     logits, labels = [], []
     for batch in loader:
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        inputs = model_inputs(batch)
         logits.append(output_logits(model(**inputs)).float())
         labels.append(batch["labels"])
     return classification_metrics(torch.cat(logits), torch.cat(labels), num_labels)
@@ -32,7 +32,7 @@ def latency(model, batches: dict[int, dict]) -> dict:
     """Median seconds per batch for each batch size, and rows per second at the largest."""
     found = {"threads": torch.get_num_threads()}
     for size, batch in batches.items():
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        inputs = model_inputs(batch)
         for _ in range(WARMUP):
             model(**inputs)
         times = []

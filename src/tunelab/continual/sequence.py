@@ -25,11 +25,11 @@ from tunelab.continual.metrics import summarise
 from tunelab.continual.tasks import Task
 from tunelab.data.collate import make_collate
 from tunelab.engine.callbacks import ProgressBar
-from tunelab.engine.data_loading import OnDevice, eval_loader, train_loader
+from tunelab.engine.data_loading import OnDevice, eval_loader, to_device, train_loader
 from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
-from tunelab.evaluate import evaluate_split, output_logits
+from tunelab.evaluate import evaluate_split, model_inputs, output_logits
 from tunelab.forgetting.regularizers import WeightPull, diagonal_fisher, distillation_loss
 from tunelab.forgetting.replay import joined
 from tunelab.io import write_json
@@ -165,7 +165,7 @@ class Sequence:
 
         def loss(model, batch):
             labels = batch["labels"]
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            inputs = model_inputs(batch)
             new_rows = len(labels)
             chosen = []
             if replay_rows:
@@ -174,8 +174,8 @@ class Sequence:
                 picks = torch.randint(len(replay_rows), (per_batch,), generator=generator).tolist()
                 chosen = [replay_rows[i] for i in picks]
                 replayed = self.collate([self.tasks[t].datasets["train"][row] for t, row in chosen])
-                replayed = _batch_on(replayed, labels.device)
-                inputs = joined(inputs, {k: v for k, v in replayed.items() if k != "labels"}, self._pad_id())
+                replayed = to_device(replayed, labels.device)
+                inputs = joined(inputs, model_inputs(replayed), self._pad_id())
             outputs = output_logits(model(**inputs))
             total = F.cross_entropy(outputs[:new_rows].float(), labels)
             if chosen:
@@ -201,7 +201,7 @@ class Sequence:
 
     def _distilled(self, batch, new_rows: int, old: list[int], index: int, temperature: float) -> torch.Tensor:
         """LwF: the old tasks' outputs on the new rows kept close to the model's before this task."""
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = model_inputs(batch)
         features = self.switch.features[:new_rows]
         with torch.no_grad():
             teacher_out = output_logits(self.teacher(**inputs))
@@ -280,7 +280,3 @@ def _save_tensors(tensors: dict, path: Path) -> None:
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial))
     partial.replace(path)
-
-
-def _batch_on(batch: dict, device) -> dict:
-    return {key: value.to(device) for key, value in batch.items()}

@@ -25,6 +25,7 @@ from tunelab.data.readers import (
     group_values,
     image_folder_split,
     is_blank,
+    is_number,
     label_text,
     read_table,
     require_columns,
@@ -100,7 +101,7 @@ def _base_model_read(train_features, labels: list[str], errors: dict, config: Ru
         read["linear_probe"] = errors["probe_accuracy"]
     names = {str(key): value for key, value in config.data.label_names.items()}
     classes = sorted(counts)
-    unnamed = [label for label in classes if label not in names and _is_number_text(label)]
+    unnamed = [label for label in classes if label not in names and is_number(label)]
     if unnamed:
         read["zero_shot_skipped"] = (
             f"label '{unnamed[0]}' is a number, not a name; name the labels in data.label_names "
@@ -111,14 +112,6 @@ def _base_model_read(train_features, labels: list[str], errors: dict, config: Ru
         read["zero_shot"] = zero_shot(train_features, labels, features(phrases))
         read["zero_shot_names"] = dict(zip(classes, phrases, strict=True))
     return read
-
-
-def _is_number_text(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _label_errors(train: dict, chosen: list[int], train_features, seed: int) -> dict:

@@ -96,7 +96,7 @@ def check_label_types(labels: list, label_column: str, where: str, path) -> None
     for row, label in enumerate(labels, start=1):
         if is_blank(label):
             continue
-        kinds.setdefault("number" if _is_number(label) else "text", row)
+        kinds.setdefault("number" if is_number(label) else "text", row)
     if len(kinds) > 1:
         raise UserError(
             f"{where}: column '{label_column}' of {path} mixes numbers (first at data row {kinds['number']}) "
@@ -104,7 +104,7 @@ def check_label_types(labels: list, label_column: str, where: str, path) -> None
         )
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, int | float):

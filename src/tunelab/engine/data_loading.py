@@ -44,4 +44,8 @@ class OnDevice:
 
     def __iter__(self):
         for batch in self.loader:
-            yield {key: value.to(self.device) for key, value in batch.items()}
+            yield to_device(batch, self.device)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {key: value.to(device) for key, value in batch.items()}

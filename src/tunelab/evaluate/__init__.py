@@ -19,9 +19,13 @@ def output_logits(outputs) -> torch.Tensor:
     raise TypeError(f"cannot find logits in model output of type {type(outputs).__name__}")
 
 
+def model_inputs(batch: dict) -> dict:
+    """A batch without its labels: what the model's forward takes."""
+    return {key: value for key, value in batch.items() if key != "labels"}
+
+
 def classification_loss(model, batch: dict, weights: torch.Tensor | None = None) -> torch.Tensor:
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
-    logits = output_logits(model(**inputs))
+    logits = output_logits(model(**model_inputs(batch)))
     if weights is not None:
         weights = weights.to(logits.device)
     return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weights)
@@ -42,8 +46,7 @@ def collect_logits(
     model.eval()
     all_logits, all_labels = [], []
     for batch in loader:
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
-        logits = read_logits(model(**inputs)).float()
+        logits = read_logits(model(**model_inputs(batch))).float()
         logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
         all_logits.append(logits.cpu())
         all_labels.append(labels.cpu())
@@ -92,5 +95,6 @@ __all__ = [
     "collect_logits",
     "evaluate_split",
     "evaluate_splits",
+    "model_inputs",
     "output_logits",
 ]

@@ -9,7 +9,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from tunelab.evaluate import output_logits
+from tunelab.evaluate import model_inputs, output_logits
 from tunelab.forgetting.regularizers import WeightPull, distillation_loss
 from tunelab.forgetting.replay import Replay, joined
 
@@ -36,11 +36,11 @@ class ProtectedLoss:
 
     def __call__(self, model, batch: dict) -> torch.Tensor:
         labels = batch["labels"]
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        inputs = model_inputs(batch)
         new_rows = len(labels)
         replayed = self.replay.draw(labels.device) if self.replay else None
         if replayed is not None:
-            inputs = joined(inputs, {k: v for k, v in replayed.items() if k != "labels"}, self.pad_token_id)
+            inputs = joined(inputs, model_inputs(replayed), self.pad_token_id)
         needs_old_head = self.lwf is not None or replayed is not None
         with self.tap if needs_old_head else contextlib.nullcontext():
             logits = output_logits(model(**inputs))[:new_rows]
@@ -54,7 +54,7 @@ class ProtectedLoss:
             self.last["replay"] = replay_loss.detach()
         if self.lwf is not None:
             with torch.no_grad():
-                teacher_logits = output_logits(self.teacher(**{k: v for k, v in batch.items() if k != "labels"}))
+                teacher_logits = output_logits(self.teacher(**model_inputs(batch)))
             distilled = distillation_loss(self.tap.old_logits[:new_rows], teacher_logits, self.lwf.temperature)
             loss = loss + self.lwf.strength * distilled
             self.last["lwf"] = distilled.detach()

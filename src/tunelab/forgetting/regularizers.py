@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunelab.evaluate import model_inputs
+
 
 class WeightPull:
     """``strength / 2 * sum_i importance_i * (w_i - anchor_i)^2`` over the named parameters.
@@ -61,7 +63,7 @@ def diagonal_fisher(model: nn.Module, logits_of, batches, names: list[str], exam
     was_training = model.training
     model.eval()  # dropout off: the Fisher of the model as it predicts
     for batch in batches:
-        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        inputs = model_inputs(batch)
         count = len(next(iter(inputs.values())))
         for row in range(count):
             if seen == examples:

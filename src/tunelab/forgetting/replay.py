@@ -11,6 +11,8 @@ import math
 import torch
 from torch.utils.data import Dataset
 
+from tunelab.engine.data_loading import to_device
+
 
 class Replay:
     def __init__(self, dataset: Dataset, collate, fraction: float, batch_size: int, seed: int, process: int = 0):
@@ -23,7 +25,7 @@ class Replay:
         self.draws += 1
         chosen = torch.randint(len(self.dataset), (self.rows,), generator=generator).tolist()
         batch = self.collate([self.dataset[index] for index in chosen])
-        return {key: value.to(device) for key, value in batch.items()}
+        return to_device(batch, device)
 
     def state_dict(self) -> dict:
         return {"draws": self.draws}

@@ -10,12 +10,11 @@ from rich.console import Console
 from tunelab.compress.distill import every_kth_layer
 from tunelab.compress.measure import measured, weights_mb
 from tunelab.config import load_config
-from tunelab.data import RawData, prepare_data, read_data
 from tunelab.data.collate import make_collate
 from tunelab.errors import UserError
 from tunelab.io import write_json
 from tunelab.models.saving import save_model
-from tunelab.recipes.evaluate import load_run
+from tunelab.recipes.evaluate import load_run, run_datasets
 from tunelab.recipes.train import run_training
 from tunelab.rundir import CONFIG, MODEL, RESULTS, existing_run, finish_run_dir, prepare_run_dir
 
@@ -62,8 +61,7 @@ def side_by_side(teacher_dir: Path, student_dir: Path) -> dict:
     found = {"method": "distill"}
     for name, run_dir in (("teacher", teacher_dir), ("student", student_dir)):
         run_config, loaded = load_run(run_dir)
-        raw = read_data(run_config)
-        data = prepare_data(RawData(raw.splits, loaded.labels, raw.channels), loaded, run_config).datasets
+        data = run_datasets(run_config, loaded)
         collate = make_collate(loaded, run_config.task)
         size = run_config.train.eval_batch_size
         found[name] = measured(loaded.model.eval().cpu(), data, collate, len(loaded.labels), size)

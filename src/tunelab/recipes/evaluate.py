@@ -24,6 +24,12 @@ def load_run(run_dir: Path) -> tuple[RunConfig, object]:
     return config, load_saved_model(run_dir / MODEL, config)
 
 
+def run_datasets(config: RunConfig, loaded) -> dict:
+    """The config's splits, prepared for a saved model and labelled with the model's own labels."""
+    raw = read_data(config)
+    return prepare_data(RawData(raw.splits, loaded.labels, raw.channels), loaded, config).datasets
+
+
 def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool = False) -> dict:
     quiet_libraries()
     config, loaded = load_run(run_dir)

@@ -19,12 +19,12 @@ from tunelab.compress.measure import SCORED, measured, weights_mb
 from tunelab.compress.qstate import to_tensors
 from tunelab.compress.quantize import quantized
 from tunelab.config import dump_config
-from tunelab.data import RawData, prepare_data, read_data
 from tunelab.data.collate import make_collate
 from tunelab.engine.data_loading import eval_loader
+from tunelab.evaluate import model_inputs
 from tunelab.io import folder_megabytes, read_json_object, write_atomic, write_json
 from tunelab.models.loading import LABEL_MAP, TUNELAB_META
-from tunelab.recipes.evaluate import load_run
+from tunelab.recipes.evaluate import load_run, run_datasets
 from tunelab.recipes.runtime import quiet_libraries
 from tunelab.rundir import CONFIG, MODEL, RESULTS, finish_run_dir, prepare_run_dir
 
@@ -36,12 +36,11 @@ def run_quantize(
 ) -> dict:
     quiet_libraries()
     config, loaded = load_run(run_dir)
-    raw = read_data(config)
-    data = prepare_data(RawData(raw.splits, loaded.labels, raw.channels), loaded, config).datasets
+    data = run_datasets(config, loaded)
     collate = make_collate(loaded, config.task)
     float_model = loaded.model.eval().cpu()
     rows = range(min(calibration_rows, len(data["train"])))
-    calibration = [_inputs(batch) for batch in eval_loader(Subset(data["train"], rows), 32, collate)]
+    calibration = [model_inputs(batch) for batch in eval_loader(Subset(data["train"], rows), 32, collate)]
     example = {key: value[:1] for key, value in calibration[0].items()}
     status = console.status(f"quantizing ({method}) and measuring ...") if show else contextlib.nullcontext()
     with status:
@@ -88,7 +87,3 @@ def _write(run_dir, output, overwrite, config, int8, method, example, report, sp
     finally:
         finish_run_dir(output, succeeded)
     return results
-
-
-def _inputs(batch: dict) -> dict:
-    return {key: value for key, value in batch.items() if key != "labels"}

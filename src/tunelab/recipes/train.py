@@ -24,7 +24,7 @@ from tunelab.engine.data_loading import OnDevice, eval_loader, train_loader
 from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
-from tunelab.evaluate import balanced_weights, classification_loss, evaluate_split, evaluate_splits
+from tunelab.evaluate import balanced_weights, classification_loss, evaluate_split, evaluate_splits, model_inputs
 from tunelab.forgetting.setup import forgetting_results, setup_forgetting
 from tunelab.io import folder_megabytes, write_atomic, write_json
 from tunelab.models import load_model, save_model
@@ -307,7 +307,7 @@ def _distillation(config: RunConfig, run: PreparedRun, accelerator, class_weight
 
 def _example(dataset, collate) -> dict:
     """One training row as model inputs: what FX traces the model with."""
-    return {key: value for key, value in collate([dataset[0]]).items() if key != "labels"}
+    return model_inputs(collate([dataset[0]]))
 
 
 def _converted(model, run: PreparedRun, config: RunConfig) -> tuple[dict, torch.nn.Module, dict]:
