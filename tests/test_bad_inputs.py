@@ -493,9 +493,11 @@ def garbage_config(text_config, tmp_path) -> dict:
 def test_garbage_value_for_a_known_key(capsys, garbage_config, key, value):
     config = set_key(yaml.safe_load(yaml.safe_dump(garbage_config)), key, value)
     line = _garbage_run(capsys, config)
-    # The key, or its sub-section when a valid value there needs more (forgetting.replay needs a retain set).
+    # The key, or its sub-section when a valid value there needs more (forgetting.replay needs a retain set),
+    # or a required key of the same section that setting this one brought into being (distill.teacher).
     section = key.rsplit(".", 1)[0]
     named = [key.rsplit(".", 1)[-1], "not-there.csv"] + ([section] if "." in section else [])
+    named += [f"missing required key '{key.split('.')[0]}."] if "." in key else []
     assert any(part in line for part in named), line
 
 

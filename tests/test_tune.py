@@ -13,6 +13,7 @@ import time
 import optuna
 import pytest
 import yaml
+from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import OperationalError
 
 from tunelab.cli import main
@@ -49,7 +50,11 @@ def write(tmp_path, config: dict, name: str = "tune"):
 
 
 def study_of(folder) -> optuna.Study:
-    return optuna.load_study(study_name="tunelab", storage=f"sqlite:///{folder / 'study.db'}")
+    # The same patience with a busy writer as tunelab's own workers have.
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{folder / 'study.db'}", engine_kwargs={"connect_args": {"timeout": 60}}
+    )
+    return optuna.load_study(study_name="tunelab", storage=storage)
 
 
 def test_the_default_space_sits_around_the_config_and_a_bad_key_is_named():
@@ -134,7 +139,7 @@ def test_a_killed_study_continues_and_loses_no_trial(tmp_path):
                 continue
             try:
                 states = [t.state for t in study_of(output).get_trials(deepcopy=False)]
-            except (KeyError, OperationalError):  # the database is being created, the study not yet
+            except (KeyError, OperationalError, StorageInternalError):  # being created, the study not yet
                 continue
             if states.count(optuna.trial.TrialState.COMPLETE) >= 3 and states[-1].name == "RUNNING":
                 break
