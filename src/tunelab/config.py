@@ -83,6 +83,9 @@ class DataConfig(Section):
         "zero-shot when labels are numbers",
     )
     max_length: int = Field(128, ge=8, le=8192)
+    cache: bool = Field(
+        True, description="keep tokenised text on disk (keyed by tokenizer and data) so later runs skip tokenising"
+    )
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
     image_size: int | None = Field(None, ge=4, le=2048)
@@ -293,6 +296,19 @@ class TrainConfig(Section):
     quantization_aware: bool = Field(
         False, description="train with int8 fake quantization and save the int8 model (CNNs, strategy full)"
     )
+    group_by_length: bool = Field(
+        True, description="text: batch rows of like length together (less padding; batches stay random)"
+    )
+    dataloader_workers: Literal["auto"] | int = Field(
+        "auto", description="DataLoader worker processes; auto: none on a CPU, up to 4 beside a GPU"
+    )
+    compile: bool = Field(False, description="torch.compile the model (slower start, faster steps on GPUs)")
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="channels-last memory for convolutional models; auto: on a GPU only"
+    )
+    threads: Literal["auto"] | int = Field(
+        "auto", description="CPU threads per process; auto: the machine's cores shared among the processes"
+    )
     resample: Literal["oversample", "undersample"] | None = Field(
         None,
         description="balance train by repeating rows of smaller classes (oversample) or dropping rows of "
@@ -304,6 +320,20 @@ class TrainConfig(Section):
         if self.class_weights and self.resample:
             raise ValueError("class_weights and resample both correct class imbalance; choose one")
         return self
+
+    @field_validator("dataloader_workers")
+    @classmethod
+    def _workers(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("must be auto or 0 or more worker processes")
+        return value
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be auto or 1 or more threads")
+        return value
 
     @field_validator("eval_every", "checkpoint_every")
     @classmethod

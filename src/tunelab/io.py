@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_dir() -> Path:
+    """Where tunelab keeps what it can rebuild: built-in models, tokenised text, base-model scores."""
+    return Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab")
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write to a temporary file beside ``path``, fsync it, then rename over ``path``."""
     path = Path(path)

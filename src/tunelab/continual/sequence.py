@@ -128,7 +128,8 @@ class Sequence:
         if "ewc" in self.parts:
             self.switch.active = self.key(index)
             examples = config.forgetting.ewc.fisher_examples if config.forgetting.ewc else 256
-            loader = eval_loader(task.datasets["train"], config.train.eval_batch_size, self.collate)
+            size, rows = config.train.eval_batch_size, task.datasets["train"]
+            loader = eval_loader(rows, size, self.collate, longest_first=False)  # the Fisher reads the first rows
             names = [name for name, _ in self.model.named_parameters()]
             fisher = diagonal_fisher(
                 self.model, lambda model, inputs: output_logits(model(**inputs)),

@@ -20,6 +20,7 @@ from tunelab.data.labels import LabelMap
 from tunelab.data.prepare import prepare_split
 from tunelab.data.readers import RawSplit, image_folder_split, table_split
 from tunelab.data.text import tokenize
+from tunelab.data.token_cache import cached_tokenize
 from tunelab.errors import UserError
 
 BUILTIN_DIGITS = "digits"
@@ -41,6 +42,7 @@ class PreparedData:
     truncated: dict[str, int]
     notes: list[str]
     groups: dict[str, list[str]] = field(default_factory=dict)  # split -> each example's group, when given
+    tokens_from_cache: dict[str, bool] = field(default_factory=dict)  # text: split -> read from the token cache
 
 
 def read_data(config: RunConfig) -> RawData:
@@ -89,20 +91,27 @@ def read_data(config: RunConfig) -> RawData:
 
 def prepare_data(raw: RawData, loaded, config: RunConfig) -> PreparedData:
     """Turn raw splits into datasets with the model's tokenizer or image transform."""
-    datasets, truncated = {}, {}
+    datasets, truncated, cached = {}, {}, {}
     for name, split in raw.splits.items():
         ids = raw.labels.encode(split.labels, f"data.{name}")
         if config.data.train == BUILTIN_DIGITS:
             datasets[name] = digits.as_dataset(split.inputs, ids)
         elif config.task == "text-classification":
-            datasets[name], truncated[name] = tokenize(loaded.tokenizer, split.inputs, ids, config.data.max_length)
+            datasets[name], truncated[name], from_cache = _tokenized(loaded.tokenizer, split.inputs, ids, config.data)
+            cached[name] = from_cache
         elif name == "train" and config.data.augment.enabled:
             augment, seed = config.data.augment, config.seed
             datasets[name] = AugmentedImages.load(split.inputs, ids, loaded.image_transform, augment, seed, name)
         else:
             datasets[name] = load_images(split.inputs, ids, loaded.image_transform, name)
     groups = {name: split.groups for name, split in raw.splits.items() if split.groups is not None}
-    return PreparedData(datasets, raw.labels, truncated, raw.notes, groups)
+    return PreparedData(datasets, raw.labels, truncated, raw.notes, groups, cached)
+
+
+def _tokenized(tokenizer, inputs: list, ids: list[int], data) -> tuple[Dataset, int, bool]:
+    if not data.cache:
+        return *tokenize(tokenizer, inputs, ids, data.max_length), False
+    return cached_tokenize(tokenizer, inputs, ids, data.max_length)
 
 
 def _reader_for(config: RunConfig):

@@ -1,36 +1,112 @@
 """Data loaders whose order depends only on (seed, epoch), so every process and every
-resumed run sees the same global batches; Accelerate splits each batch across processes."""
+resumed run sees the same global batches; Accelerate splits each batch across processes.
+
+Text batches are padded to their longest row, so rows of like length are batched together
+where the order does not matter for learning: training draws batches of like length
+(``train.group_by_length``, as Hugging Face's ``group_by_length``), and evaluation reads rows
+longest first and puts its results back in the dataset's order.
+"""
 
 from __future__ import annotations
 
+import os
+
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+# As Hugging Face's LengthGroupedSampler: a random draw of this many batches is sorted by length,
+# so batches stay random in which rows they hold while their rows are of like length.
+MEGABATCH_BATCHES = 50
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A fresh permutation each epoch, from a generator seeded with seed + epoch."""
+    """A fresh permutation each epoch, from a generator seeded with seed + epoch; with ``lengths``,
+    each run of ``batch_size * MEGABATCH_BATCHES`` rows of that permutation is sorted longest first."""
 
-    def __init__(self, size: int, seed: int):
+    def __init__(self, size: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1):
         self.size, self.seed, self.epoch = size, seed, 0
+        self.lengths, self.batch_size = lengths, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.lengths is None:
+            return iter(order)
+        span = self.batch_size * MEGABATCH_BATCHES
+        grouped = []
+        for start in range(0, len(order), span):
+            grouped += sorted(order[start : start + span], key=lambda row: -self.lengths[row])
+        return iter(grouped)
 
     def __len__(self) -> int:
         return self.size
 
 
-def train_loader(dataset: Dataset, batch_size: int, collate, seed: int) -> tuple[DataLoader, EpochShuffleSampler]:
-    sampler = EpochShuffleSampler(len(dataset), seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate), sampler
+def train_loader(
+    dataset: Dataset, batch_size: int, collate, seed: int, group_by_length: bool = False, **loading
+) -> tuple[DataLoader, EpochShuffleSampler]:
+    lengths = token_lengths(dataset) if group_by_length else None
+    sampler = EpochShuffleSampler(len(dataset), seed, lengths, batch_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, **loading), sampler
 
 
-def eval_loader(dataset: Dataset, batch_size: int, collate) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+def eval_loader(dataset: Dataset, batch_size: int, collate, longest_first: bool = True, **loading) -> DataLoader:
+    """Batches in order; for text, longest rows first (``collect_logits`` restores the order).
+    ``longest_first=False`` keeps the dataset's own order for callers that read rows from it."""
+    lengths = token_lengths(dataset) if longest_first else None
+    if lengths is not None:
+        dataset = LengthSorted(dataset, lengths)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, **loading)
+
+
+class LengthSorted(Dataset):
+    """A dataset read longest row first; ``in_dataset_order`` puts per-row results back."""
+
+    def __init__(self, dataset: Dataset, lengths: list[int]):
+        self.dataset = dataset
+        self.order = sorted(range(len(lengths)), key=lambda row: -lengths[row])
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.order[index]]
+
+    def in_dataset_order(self, rows: torch.Tensor) -> torch.Tensor:
+        restored = torch.empty_like(rows)
+        restored[torch.tensor(self.order)] = rows
+        return restored
+
+
+def in_dataset_order(loader, rows: torch.Tensor) -> torch.Tensor:
+    """Per-row results of reading ``loader`` through, in its dataset's own order."""
+    dataset = getattr(getattr(loader, "loader", loader), "dataset", None)
+    return dataset.in_dataset_order(rows) if isinstance(dataset, LengthSorted) else rows
+
+
+def token_lengths(dataset: Dataset) -> list[int] | None:
+    """Each row's token count for tokenised text (also through subsets), else None."""
+    if isinstance(dataset, Subset):
+        inner = token_lengths(dataset.dataset)
+        return None if inner is None else [inner[i] for i in dataset.indices]
+    encodings = getattr(dataset, "encodings", None)
+    if not isinstance(encodings, dict) or "input_ids" not in encodings:
+        return None
+    return [len(ids) for ids in encodings["input_ids"]]
+
+
+def loading_options(workers: int | str, cuda: bool) -> dict:
+    """DataLoader workers and pinned memory where they help: with a GPU, workers prepare the next
+    batches while it computes and pinned memory speeds the copy; on a CPU the main process would
+    only share its cores with them, so ``auto`` keeps the work in it."""
+    count = (min(4, (os.cpu_count() or 2) // 2) if cuda else 0) if workers == "auto" else int(workers)
+    options: dict = {"num_workers": count, "pin_memory": cuda}
+    if count:
+        options["persistent_workers"] = True
+    return options
 
 
 class OnDevice:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tunelab.engine.data_loading import in_dataset_order
 from tunelab.evaluate.fairness import group_metrics
 from tunelab.evaluate.metrics import classification_metrics
 
@@ -52,13 +53,13 @@ def collect_logits(
         all_labels.append(labels.cpu())
         if advance:
             advance()
-    return torch.cat(all_logits), torch.cat(all_labels)
+    return in_dataset_order(loader, torch.cat(all_logits)), in_dataset_order(loader, torch.cat(all_labels))
 
 
 def evaluate_split(
     model, loader, accelerator, num_labels: int, advance=None, groups: list | None = None, read_logits=output_logits
 ) -> dict:
-    """Metrics of one split; with ``groups`` (one name per example, in loader order) also per group."""
+    """Metrics of one split; with ``groups`` (one name per example, in the dataset's order) also per group."""
     logits, labels = collect_logits(model, loader, accelerator, advance, read_logits)
     metrics = classification_metrics(logits, labels, num_labels)
     if groups is not None:

@@ -136,7 +136,8 @@ def _protected_loss(config, loaded, unwrapped, run, old_model, retain_train, col
         if not retain_train:
             raise UserError("forgetting.ewc: no retain set has a train split to estimate the Fisher information on")
         anchor = anchor_weights(unwrapped, head)
-        loader = eval_loader(ConcatDataset(list(retain_train.values())), config.train.eval_batch_size, collate)
+        rows = ConcatDataset(list(retain_train.values()))
+        loader = eval_loader(rows, config.train.eval_batch_size, collate, longest_first=False)  # the first rows
         with _all_trainable(unwrapped):
             fisher = diagonal_fisher(
                 unwrapped, run.tap.old_logits_of, OnDevice(loader, accelerator.device), list(anchor),

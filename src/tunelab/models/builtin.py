@@ -14,6 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
+from tunelab.io import cache_dir
+
 PRETRAIN_CONFIG = {
     "task": "image-classification",
     "seed": 0,
@@ -29,10 +31,6 @@ PRETRAIN_CONFIG = {
     "train": {"epochs": 15, "batch_size": 32, "log_every": 20, "checkpoint_every": None},
     "evaluate": {"base": False},
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab")
 
 
 def digits_cnn_folder() -> Path:

@@ -44,6 +44,9 @@ def make_accelerator(train: TrainConfig, cpu: bool = False):
     # Several runs in one process (demo, tests) each get their own settings.
     AcceleratorState._reset_state()
     GradientState._reset_state()
+    threads = cpu_threads(train.threads)
+    if threads and not cuda:
+        torch.set_num_threads(threads)
     accelerator = Accelerator(
         mixed_precision="no" if cpu else train.mixed_precision,
         gradient_accumulation_steps=train.grad_accum_steps,
@@ -54,6 +57,20 @@ def make_accelerator(train: TrainConfig, cpu: bool = False):
         if size % accelerator.num_processes:
             raise UserError(f"{name}: {size} does not divide over {accelerator.num_processes} processes")
     return accelerator
+
+
+# torch's own choice (the physical cores), read before any run of this process changes it.
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+def cpu_threads(setting: str | int) -> int | None:
+    """Threads for this process: as set; under ``auto``, the cores shared among the processes
+    torchrun started on this machine (so two processes on two cores do not each run two), and
+    for a single process whatever torch (or the caller) has chosen (None: leave it)."""
+    if setting != "auto":
+        return int(setting)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, DEFAULT_THREADS // local_processes) if local_processes > 1 else None
 
 
 def peak_memory_mb() -> float:

@@ -13,6 +13,7 @@ from accelerate.utils import set_seed
 from rich.console import Console
 from torch.utils.data import Subset
 
+from tunelab import PROCESS_STARTED_AT
 from tunelab.config import RunConfig, dump_config
 from tunelab.data import prepare_data, read_data
 from tunelab.data.audit import quick_checks
@@ -20,7 +21,7 @@ from tunelab.data.augment import without_augmentation
 from tunelab.data.collate import make_collate
 from tunelab.engine.callbacks import BestWeights, EarlyStopping, MetricsFile, ProgressBar, TrainState
 from tunelab.engine.checkpoint import Checkpointer, complete_checkpoints, load_latest, truncate_lines
-from tunelab.engine.data_loading import OnDevice, eval_loader, train_loader
+from tunelab.engine.data_loading import OnDevice, eval_loader, loading_options, train_loader
 from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
@@ -117,11 +118,15 @@ def run_training(
     else:
         base = {}
         if config.evaluate.base:
-            with without_adapter(model, accelerator.unwrap_model(model)) as base_model:
-                base = evaluate_splits(base_model, eval_dls, accelerator, num_labels, bars, "base model", eval_groups)
+            # Scoring draws loader seeds from torch's generator: forked, so a run trains alike whether
+            # its base scores were computed or read from the cache.
+            devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+            with without_adapter(model, accelerator.unwrap_model(model)) as base_model, torch.random.fork_rng(devices):
+                base = _base_scores(base_model, run, config, accelerator, bars)
         earlier_seconds = 0.0
 
     started = time.perf_counter()
+    startup_seconds = time.time() - PROCESS_STARTED_AT
     callbacks = [
         strategy,
         *([early_stopping] if early_stopping else []),
@@ -196,6 +201,8 @@ def run_training(
         "final": final,
         "gap": _train_validation_gap(final),
         "train_seconds": train_seconds,
+        "startup_seconds": startup_seconds,  # process start to training (or to resuming it)
+        "tokens_from_cache": data.tokens_from_cache,
         "peak_memory_mb": peak_memory_mb(),
         "steps": state.step,
         "epochs_completed": state.epoch + 1,
@@ -221,6 +228,31 @@ def run_training(
         write_report(run_dir, run_dir / REPORT)
     accelerator.wait_for_everyone()
     return results
+
+
+def _base_scores(base_model, run: PreparedRun, config: RunConfig, accelerator, bars) -> dict:
+    """The base model scored on every split, or its scores from an earlier run of the same model
+    on the same rows (one process only: every process must take the same path)."""
+    from tunelab.evaluate.base_cache import base_scores_key, read_base_scores, write_base_scores
+
+    key = None
+    if config.data.cache and accelerator.num_processes == 1:
+        settings = {
+            "batch_size": config.train.eval_batch_size,
+            "precision": config.train.mixed_precision,
+            "device": accelerator.device.type,
+            "groups": run.eval_groups,
+            "labels": list(run.data.labels.names),
+        }
+        key = base_scores_key(accelerator.unwrap_model(base_model), run.eval_dls, settings)
+    found = read_base_scores(key) if key else None
+    if found is not None:
+        return found
+    labels = len(run.data.labels)
+    scores = evaluate_splits(base_model, run.eval_dls, accelerator, labels, bars, "base model", run.eval_groups)
+    if key:
+        write_base_scores(key, scores)
+    return scores
 
 
 @dataclass
@@ -266,6 +298,7 @@ def prepare_run(config: RunConfig, accelerator, warn) -> PreparedRun:
 
         model = aware(model, _example(data.datasets["train"], make_collate(loaded, config.task)))
     _, total = count_parameters(model)
+    speed_up(model, config.train, accelerator.device.type)
     if accelerator.num_processes > 1 and _trains_batch_norm(model, config):
         warn(
             "batch-norm statistics are computed per process under DDP, so results differ "
@@ -279,15 +312,29 @@ def prepare_run(config: RunConfig, accelerator, warn) -> PreparedRun:
     ]
     trainable = sum(group["parameters"] for group in groups)  # by the end of the run, for progressive
     collate = make_collate(loaded, config.task)
-    train_dl, sampler = train_loader(data.datasets["train"], config.train.batch_size, collate, config.seed)
+    loading = loading_options(config.train.dataloader_workers, accelerator.device.type == "cuda")
+    train_dl, sampler = train_loader(
+        data.datasets["train"], config.train.batch_size, collate, config.seed, config.train.group_by_length, **loading
+    )
     eval_sets, eval_groups = _evaluation_sets(data, config)
-    eval_dls = {name: eval_loader(ds, config.train.eval_batch_size, collate) for name, ds in eval_sets.items()}
+    size = config.train.eval_batch_size
+    eval_dls = {name: eval_loader(ds, size, collate, **loading) for name, ds in eval_sets.items()}
     model, optimizer, train_dl, *prepared = accelerator.prepare(model, optimizer, train_dl, *eval_dls.values())
     eval_dls = dict(zip(eval_dls, prepared, strict=True))
     return PreparedRun(
         raw, data, loaded, strategy, model, optimizer, groups, trainable, total, collate, train_dl, sampler,
         eval_dls, eval_groups, data_warnings,
     )  # fmt: skip
+
+
+def speed_up(model: torch.nn.Module, train, device: str) -> None:
+    """Channels-last memory for convolutional models (``auto``: on a GPU, where cuDNN's kernels
+    want it) and ``torch.compile`` in place, so weights keep their names for saving."""
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if convolutional and (train.channels_last is True or (train.channels_last == "auto" and device == "cuda")):
+        model.to(memory_format=torch.channels_last)
+    if train.compile:
+        model.compile()
 
 
 def _distillation(config: RunConfig, run: PreparedRun, accelerator, class_weights):
@@ -330,7 +377,9 @@ def find_rate(run: PreparedRun, config: RunConfig, accelerator, class_weights=No
     from tunelab.search.lr_range import range_test
 
     # A loader of its own: a half-read prepared loader would stay registered with Accelerate.
-    loader, _ = train_loader(run.data.datasets["train"], config.train.batch_size, run.collate, config.seed)
+    loader, _ = train_loader(
+        run.data.datasets["train"], config.train.batch_size, run.collate, config.seed, config.train.group_by_length
+    )
     loss_fn = functools.partial(classification_loss, weights=class_weights)
     settings = config.optim
     status = console.status("learning-rate range test ...") if console is not None else contextlib.nullcontext()

@@ -1,0 +1,422 @@
+"""Training speed side by side: tunelab, a plain PyTorch loop, Hugging Face Trainer and PyTorch
+Lightning on the same model, rows and hyperparameters.
+
+    .venv/bin/python benchmarks/speed.py                 # make bench; ~30 minutes on two cores
+    .venv/bin/python benchmarks/speed.py --repeats 1 --scenarios identical-full
+
+Every run is a fresh process (so its peak RSS is its own), runs alternate between the frameworks,
+and the median of ``--repeats`` is reported. Scenarios:
+
+- ``identical-full`` / ``identical-lora``: MiniLM (its transformers head) full fine-tuning and LoRA
+  (r 8 on query and value) on 2,000 SST-2 sentences, one epoch, batch 16, AdamW (fused) at one
+  rate, linear schedule, and the same shuffled order of rows for tunelab, the plain loop and
+  Lightning (Trainer draws its own order; its batches have the same size). tunelab runs with
+  length grouping off here, so every framework pads the same batches.
+- ``defaults``: each tool as a user gets it, one epoch: tunelab's defaults against Trainer's
+  defaults and Trainer with ``train_sampling_strategy="group_by_length"``.
+- ``digits-cnn``: the built-in CNN on scikit-learn's digits (no download), all four.
+
+Without ``../shared/data/sst2`` the text scenarios use a tiny random BERT on generated sentences.
+Writes ``benchmarks/results/speed.json`` with the machine and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2 = Path(os.environ.get("TUNELAB_BENCH_SST2") or ROOT.parent / "shared" / "data" / "sst2")
+OUT = ROOT / "benchmarks" / "results" / "speed.json"
+SEED = 0
+LR = 5e-5
+LORA_LR = 5e-4
+BATCH = 16
+SCENARIOS = {
+    "identical-full": ("tunelab", "plain", "trainer", "lightning"),
+    "identical-lora": ("tunelab", "plain", "trainer", "lightning"),
+    "defaults": ("tunelab", "trainer", "trainer-grouped"),
+    "digits-cnn": ("tunelab", "plain", "trainer", "lightning"),
+}
+
+
+# --- data and model, the same for every framework --------------------------------------------
+
+
+def write_rows(folder: Path, rows: int) -> dict:
+    """2,000 SST-2 training sentences (a seeded draw) and the dev set as CSV files, or generated
+    sentences when SST-2 is absent; returns where they are and which model to use."""
+    import pandas as pd
+
+    if SST2.exists():
+        train = pd.read_csv(SST2 / "train.tsv", sep="\t").sample(n=rows, random_state=SEED)
+        dev = pd.read_csv(SST2 / "dev.tsv", sep="\t")
+        model = "minilm"
+    else:
+        rng = random.Random(SEED)
+        good, bad = ["good", "great", "fine", "superb"], ["bad", "awful", "dull", "poor"]
+        filler = ["the", "film", "was", "a", "story"]
+
+        def sentences(count: int) -> pd.DataFrame:
+            labels = [rng.randrange(2) for _ in range(count)]
+            words = [
+                " ".join(rng.choice(filler + (good if label else bad)) for _ in range(rng.randrange(3, 30)))
+                for label in labels
+            ]
+            return pd.DataFrame({"sentence": words, "label": labels})
+
+        train, dev = sentences(rows), sentences(400)
+        model = str(tiny_bert(folder / "tiny-bert"))
+    train.to_csv(folder / "train.csv", index=False)
+    dev.to_csv(folder / "dev.csv", index=False)
+    return {"train": str(folder / "train.csv"), "dev": str(folder / "dev.csv"), "model": model}
+
+
+def tiny_bert(folder: Path) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tunelab.models.loading import _minilm_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(_minilm_folder())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, num_labels=2,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def model_folder(source: str) -> str:
+    from tunelab.models.loading import _minilm_folder
+
+    return str(_minilm_folder()) if source == "minilm" else source
+
+
+def text_model(source: str, lora: bool):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(SEED)
+    folder = model_folder(source)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"], task_type="SEQ_CLS"
+        ))
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def text_datasets(paths: dict, tokenizer):
+    import pandas as pd
+
+    from tunelab.data.text import tokenize
+
+    found = {}
+    for split in ("train", "dev"):
+        table = pd.read_csv(paths[split])
+        found[split], _ = tokenize(tokenizer, table["sentence"].astype(str).tolist(), table["label"].tolist(), 64)
+    return found
+
+
+def digits_data():
+    from tunelab.data import digits
+
+    parts = digits.digits_splits([5, 6, 7, 8, 9], None, 20, SEED)
+    names = sorted(set(parts["train"][1]))
+    as_ids = {split: [names.index(label) for label in labels] for split, (_, labels) in parts.items()}
+    return {split: digits.as_dataset(parts[split][0], as_ids[split]) for split in ("train", "test")}
+
+
+def digits_model():
+    import torch
+
+    from tunelab.config import validate
+    from tunelab.data.labels import LabelMap
+    from tunelab.models import load_model
+
+    torch.manual_seed(SEED)
+    config = validate({"task": "image-classification", "model": {"source": "digits-cnn"}, "data": {"train": "digits"}})
+    return load_model(config, LabelMap.from_labels(["5", "6", "7", "8", "9"]), 1).model
+
+
+# --- one run per process ----------------------------------------------------------------------
+
+
+def ordered_loader(dataset, collate):
+    """The rows in tunelab's own shuffled order (seed, epoch 0), batched alike."""
+    from torch.utils.data import DataLoader
+
+    from tunelab.engine.data_loading import EpochShuffleSampler
+
+    return DataLoader(dataset, batch_size=BATCH, sampler=EpochShuffleSampler(len(dataset), SEED), collate_fn=collate)
+
+
+def accuracy(model, dataset, collate) -> float:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from tunelab.evaluate import model_inputs, output_logits
+
+    model.eval()
+    right = total = 0
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size=128, collate_fn=collate):
+            predicted = output_logits(model(**model_inputs(batch))).argmax(-1)
+            right += int((predicted == batch["labels"]).sum())
+            total += len(predicted)
+    return right / total
+
+
+def adamw(model, lr: float):
+    import torch
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, fused=True)
+
+
+def worker(framework: str, scenario: str, paths: dict) -> dict:
+    import torch
+
+    if framework == "tunelab":
+        return run_tunelab(scenario, paths)
+    if scenario == "digits-cnn":
+        datasets, model, lr, collate = digits_data(), digits_model(), 3e-3, torch.utils.data.default_collate
+        evaluation = datasets["test"]
+    else:
+        from transformers import DataCollatorWithPadding
+
+        lora = scenario == "identical-lora"
+        model, tokenizer = text_model(paths["model"], lora)
+        datasets, lr = text_datasets(paths, tokenizer), LORA_LR if lora else LR
+        collate, evaluation = DataCollatorWithPadding(tokenizer), datasets["dev"]
+    rows = len(datasets["train"])
+    # Every import before the clock starts (transformers loads its parts lazily, on first use).
+    import lightning  # noqa: F401
+    from transformers import Trainer, TrainingArguments, get_linear_schedule_with_warmup  # noqa: F401
+
+    warm_up(model, datasets["train"], collate)
+    started = time.perf_counter()
+    if framework == "plain":
+        plain_loop(model, ordered_loader(datasets["train"], collate), lr)
+    elif framework == "lightning":
+        lightning_fit(model, ordered_loader(datasets["train"], collate), lr)
+    else:
+        trainer_fit(model, datasets["train"], collate, lr, scenario, framework)
+    seconds = time.perf_counter() - started
+    score = accuracy(model, evaluation, collate)
+    return {"epoch_seconds": seconds, "samples_per_second": rows / seconds, "accuracy": score}
+
+
+def warm_up(model, dataset, collate) -> None:
+    """One forward pass before the clock starts, as tunelab's run makes one (its feature-drift
+    probe) before its own: the first call of a kernel sets it up."""
+    import torch
+
+    from tunelab.evaluate import model_inputs
+
+    with torch.inference_mode():
+        model(**model_inputs(collate([dataset[i] for i in range(BATCH)])))
+
+
+def plain_loop(model, loader, lr: float) -> None:
+    """What a user writes by hand: the floor any framework adds overhead to."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from tunelab.evaluate import model_inputs, output_logits
+
+    optimizer = adamw(model, lr)
+    schedule = get_linear_schedule_with_warmup(optimizer, 0, len(loader))
+    model.train()
+    for batch in loader:
+        logits = output_logits(model(**model_inputs(batch)))
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def lightning_fit(model, loader, lr: float) -> None:
+    import lightning
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from tunelab.evaluate import model_inputs, output_logits
+
+    class Module(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch, index):
+            logits = output_logits(self.model(**model_inputs(batch)))
+            return torch.nn.functional.cross_entropy(logits, batch["labels"])
+
+        def configure_optimizers(self):
+            optimizer = adamw(self.model, lr)
+            schedule = get_linear_schedule_with_warmup(optimizer, 0, len(loader))
+            return [optimizer], [{"scheduler": schedule, "interval": "step"}]
+
+    trainer = lightning.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, gradient_clip_val=1.0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Module(), loader)
+
+
+def trainer_fit(model, dataset, collate, lr: float, scenario: str, framework: str) -> None:
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from tunelab.evaluate import model_inputs, output_logits
+
+    class Loss(Trainer):  # one loss for every model (the CNN returns bare logits)
+        def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+            outputs = model(**model_inputs(inputs))
+            loss = torch.nn.functional.cross_entropy(output_logits(outputs), inputs["labels"])
+            return (loss, outputs) if return_outputs else loss
+
+    folder = tempfile.mkdtemp(prefix="trainer-")
+    # The CNN's forward names no labels, so Trainer would drop them as unused.
+    keep = {"remove_unused_columns": False} if scenario == "digits-cnn" else {}
+    if scenario == "defaults":  # as a user gets it: only the epochs (to time one) and no hub reporting set
+        extra = {"train_sampling_strategy": "group_by_length"} if framework == "trainer-grouped" else {}
+        arguments = TrainingArguments(folder, num_train_epochs=1, report_to="none", **extra, **keep)
+    else:
+        arguments = TrainingArguments(
+            folder, num_train_epochs=1, per_device_train_batch_size=BATCH, learning_rate=lr, weight_decay=0.01,
+            report_to="none", save_strategy="no", logging_steps=10, use_cpu=True, seed=SEED, **keep,
+        )  # fmt: skip
+    Loss(model=model, args=arguments, train_dataset=dataset, data_collator=collate).train()
+
+
+def run_tunelab(scenario: str, paths: dict) -> dict:
+    from tunelab.config import validate
+    from tunelab.recipes.train import run_training
+
+    if scenario == "digits-cnn":
+        config = {
+            "task": "image-classification", "seed": SEED, "model": {"source": "digits-cnn"},
+            "data": {"train": "digits", "digits_classes": [5, 6, 7, 8, 9], "digits_validation_per_class": 20},
+            "optim": {"lr": 3e-3},
+        }  # fmt: skip
+    else:
+        config = {
+            "task": "text-classification", "seed": SEED, "model": {"source": paths["model"]},
+            "data": {"train": paths["train"], "validation": paths["dev"], "text_column": "sentence",
+                     "label_column": "label", "max_length": 64},
+        }  # fmt: skip
+    if scenario == "defaults":
+        config["train"] = {"epochs": 1}  # everything else as tunelab gives it
+    else:
+        if scenario != "digits-cnn":
+            config["model"]["pooling"] = "head"  # the same transformers head the others train
+            config["optim"] = {"lr": LORA_LR if scenario == "identical-lora" else LR}
+        if scenario == "identical-lora":
+            config["strategy"] = {"name": "lora", "lora": {"r": 8, "alpha": 16, "target_modules": ["query", "value"]}}
+        config["train"] = {
+            "epochs": 1, "batch_size": BATCH, "group_by_length": False, "checkpoint_every": None,
+            "eval_every": 10**6, "load_best_at_end": False,
+        }  # fmt: skip
+        config["evaluate"] = {"base": False, "max_train_examples": 1}
+    run_dir = Path(tempfile.mkdtemp(prefix="tunelab-")) / "run"
+    run_dir.mkdir()
+    results = run_training(validate(config), run_dir, progress=False)
+    rows = results["examples"]["train"]
+    split = "test" if scenario == "digits-cnn" else "validation"
+    return {
+        "epoch_seconds": results["train_seconds"],
+        "samples_per_second": rows / results["train_seconds"],
+        "accuracy": results["final"][split]["accuracy"],
+        "startup_seconds": results["startup_seconds"],
+    }
+
+
+# --- the side-by-side driver ------------------------------------------------------------------
+
+
+def run_one(framework: str, scenario: str, paths: dict) -> dict:
+    """One run in a fresh process; its peak RSS is read by that process itself."""
+    command = [sys.executable, __file__, "--worker", framework, "--scenario", scenario, "--paths", json.dumps(paths)]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{framework} on {scenario} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(found: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    for scenario, frameworks in found["scenarios"].items():
+        view = Table(title=f"{scenario} (median of {found['repeats']})")
+        for column in ("framework", "samples/s", "s per epoch", "peak RSS MB", "accuracy", "vs tunelab"):
+            view.add_column(column, justify="right")
+        reference = frameworks["tunelab"]["epoch_seconds"]
+        for name, row in frameworks.items():
+            view.add_row(
+                name, f"{row['samples_per_second']:.1f}", f"{row['epoch_seconds']:.1f}", f"{row['peak_rss_mb']:.0f}",
+                f"{row['accuracy']:.3f}", f"{row['epoch_seconds'] / reference:.2f}x",
+            )  # fmt: skip
+        Console().print(view)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--worker")
+    parser.add_argument("--scenario")
+    parser.add_argument("--paths")
+    args = parser.parse_args()
+    if args.worker:
+        result = worker(args.worker, args.scenario, json.loads(args.paths))
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return 0
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ.setdefault("TUNELAB_CACHE", str(Path(folder) / "cache"))
+        paths = write_rows(Path(folder), args.rows)
+        found = {
+            "machine": platform.machine(), "python": sys.version.split()[0], "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(), "model": "all-MiniLM-L6-v2" if paths["model"] == "minilm" else "tiny random BERT",
+            "rows": args.rows, "repeats": args.repeats, "runs": {}, "scenarios": {},
+        }  # fmt: skip
+        for scenario in args.scenarios.split(","):
+            runs = {framework: [] for framework in SCENARIOS[scenario]}
+            for repeat in range(args.repeats):  # alternating: each repeat runs every framework once
+                for framework in SCENARIOS[scenario]:
+                    runs[framework].append(run_one(framework, scenario, paths))
+                    print(f"{scenario} {repeat + 1}/{args.repeats} {framework}: {runs[framework][-1]}", flush=True)
+            found["runs"][scenario] = runs
+            found["scenarios"][scenario] = {
+                framework: {key: statistics.median(run[key] for run in done) for key in done[0]}
+                for framework, done in runs.items()
+            }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
+    table(found)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

