@@ -28,6 +28,8 @@ slow: setup
 
 # Side-by-side measurements (minutes; SST-2 parts need ../shared/data/sst2). Never part of `make test`.
 bench: setup
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/label_noise_sst2.py
 	$(BIN)/python benchmarks/quantize.py
 	$(BIN)/python benchmarks/distill_sst2.py

@@ -118,11 +118,8 @@ def run_training(
     else:
         base = {}
         if config.evaluate.base:
-            # Scoring draws loader seeds from torch's generator: forked, so a run trains alike whether
-            # its base scores were computed or read from the cache.
-            devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-            with without_adapter(model, accelerator.unwrap_model(model)) as base_model, torch.random.fork_rng(devices):
-                base = _base_scores(base_model, run, config, accelerator, bars)
+            with without_adapter(model, accelerator.unwrap_model(model)) as base_model:
+                base = evaluate_splits(base_model, eval_dls, accelerator, num_labels, bars, "base model", eval_groups)
         earlier_seconds = 0.0
 
     started = time.perf_counter()
@@ -228,31 +225,6 @@ def run_training(
         write_report(run_dir, run_dir / REPORT)
     accelerator.wait_for_everyone()
     return results
-
-
-def _base_scores(base_model, run: PreparedRun, config: RunConfig, accelerator, bars) -> dict:
-    """The base model scored on every split, or its scores from an earlier run of the same model
-    on the same rows (one process only: every process must take the same path)."""
-    from tunelab.evaluate.base_cache import base_scores_key, read_base_scores, write_base_scores
-
-    key = None
-    if config.data.cache and accelerator.num_processes == 1:
-        settings = {
-            "batch_size": config.train.eval_batch_size,
-            "precision": config.train.mixed_precision,
-            "device": accelerator.device.type,
-            "groups": run.eval_groups,
-            "labels": list(run.data.labels.names),
-        }
-        key = base_scores_key(accelerator.unwrap_model(base_model), run.eval_dls, settings)
-    found = read_base_scores(key) if key else None
-    if found is not None:
-        return found
-    labels = len(run.data.labels)
-    scores = evaluate_splits(base_model, run.eval_dls, accelerator, labels, bars, "base model", run.eval_groups)
-    if key:
-        write_base_scores(key, scores)
-    return scores
 
 
 @dataclass
