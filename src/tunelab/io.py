@@ -10,7 +10,7 @@ from typing import Any
 
 
 def cache_dir() -> Path:
-    """Where tunelab keeps what it can rebuild: built-in models, tokenised text, base-model scores."""
+    """Where tunelab keeps what it can rebuild: built-in models and tokenised text."""
     return Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab")
 
 
