@@ -14,7 +14,11 @@ and the median of ``--repeats`` is reported. Scenarios:
   length grouping off here, so every framework pads the same batches.
 - ``defaults``: each tool as a user gets it, one epoch: tunelab's defaults against Trainer's
   defaults and Trainer with ``train_sampling_strategy="group_by_length"``.
-- ``digits-cnn``: the built-in CNN on scikit-learn's digits (no download), all four.
+- ``startup`` / ``startup-full``: seconds from process start to the first training step of
+  tunelab's default text run, with an empty cache and then again with the cache it left, on the
+  2,000 sentences and on the whole SST-2 training set.
+- ``digits-cnn``: the built-in CNN on scikit-learn's digits (no download), all four, for
+  ``DIGITS_EPOCHS`` epochs (its "s per epoch" is the mean).
 
 Without ``../shared/data/sst2`` the text scenarios use a tiny random BERT on generated sentences.
 Writes ``benchmarks/results/speed.json`` with the machine and thread count.
@@ -42,11 +46,17 @@ SEED = 0
 LR = 5e-5
 LORA_LR = 5e-4
 BATCH = 16
+# One epoch of the digits CNN takes a tenth of a second: enough epochs to time it.
+DIGITS_EPOCHS = 10
 SCENARIOS = {
     "identical-full": ("tunelab", "plain", "trainer", "lightning"),
     "identical-lora": ("tunelab", "plain", "trainer", "lightning"),
     "defaults": ("tunelab", "trainer", "trainer-grouped"),
     "digits-cnn": ("tunelab", "plain", "trainer", "lightning"),
+    # tunelab's start-up, first run against the cached second, each repeat with an empty cache:
+    # on the 2,000 sentences, and on all of SST-2's training set (67,349).
+    "startup": ("first", "second"),
+    "startup-full": ("first", "second"),
 }
 
 
@@ -79,7 +89,8 @@ def write_rows(folder: Path, rows: int) -> dict:
         model = str(tiny_bert(folder / "tiny-bert"))
     train.to_csv(folder / "train.csv", index=False)
     dev.to_csv(folder / "dev.csv", index=False)
-    return {"train": str(folder / "train.csv"), "dev": str(folder / "dev.csv"), "model": model}
+    full = str(SST2 / "train.tsv") if SST2.exists() else str(folder / "train.csv")
+    return {"train": str(folder / "train.csv"), "dev": str(folder / "dev.csv"), "full_train": full, "model": model}
 
 
 def tiny_bert(folder: Path) -> Path:
@@ -113,9 +124,10 @@ def text_model(source: str, lora: bool):
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(
-            r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"], task_type="SEQ_CLS"
-        ))
+        model = get_peft_model(
+            model,
+            LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["query", "value"], task_type="SEQ_CLS"),
+        )
     return model, AutoTokenizer.from_pretrained(folder)
 
 
@@ -192,6 +204,8 @@ def worker(framework: str, scenario: str, paths: dict) -> dict:
 
     if framework == "tunelab":
         return run_tunelab(scenario, paths)
+    if scenario.startswith("startup"):
+        return run_startup(scenario, paths)
     if scenario == "digits-cnn":
         datasets, model, lr, collate = digits_data(), digits_model(), 3e-3, torch.utils.data.default_collate
         evaluation = datasets["test"]
@@ -202,7 +216,8 @@ def worker(framework: str, scenario: str, paths: dict) -> dict:
         model, tokenizer = text_model(paths["model"], lora)
         datasets, lr = text_datasets(paths, tokenizer), LORA_LR if lora else LR
         collate, evaluation = DataCollatorWithPadding(tokenizer), datasets["dev"]
-    rows = len(datasets["train"])
+    epochs = DIGITS_EPOCHS if scenario == "digits-cnn" else 1
+    rows = len(datasets["train"]) * epochs
     # Every import before the clock starts (transformers loads its parts lazily, on first use).
     import lightning  # noqa: F401
     from transformers import Trainer, TrainingArguments, get_linear_schedule_with_warmup  # noqa: F401
@@ -210,14 +225,14 @@ def worker(framework: str, scenario: str, paths: dict) -> dict:
     warm_up(model, datasets["train"], collate)
     started = time.perf_counter()
     if framework == "plain":
-        plain_loop(model, ordered_loader(datasets["train"], collate), lr)
+        plain_loop(model, ordered_loader(datasets["train"], collate), lr, epochs)
     elif framework == "lightning":
-        lightning_fit(model, ordered_loader(datasets["train"], collate), lr)
+        lightning_fit(model, ordered_loader(datasets["train"], collate), lr, epochs)
     else:
-        trainer_fit(model, datasets["train"], collate, lr, scenario, framework)
+        trainer_fit(model, datasets["train"], collate, lr, scenario, framework, epochs)
     seconds = time.perf_counter() - started
     score = accuracy(model, evaluation, collate)
-    return {"epoch_seconds": seconds, "samples_per_second": rows / seconds, "accuracy": score}
+    return {"epoch_seconds": seconds / epochs, "samples_per_second": rows / seconds, "accuracy": score}
 
 
 def warm_up(model, dataset, collate) -> None:
@@ -231,7 +246,7 @@ def warm_up(model, dataset, collate) -> None:
         model(**model_inputs(collate([dataset[i] for i in range(BATCH)])))
 
 
-def plain_loop(model, loader, lr: float) -> None:
+def plain_loop(model, loader, lr: float, epochs: int) -> None:
     """What a user writes by hand: the floor any framework adds overhead to."""
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -239,19 +254,22 @@ def plain_loop(model, loader, lr: float) -> None:
     from tunelab.evaluate import model_inputs, output_logits
 
     optimizer = adamw(model, lr)
-    schedule = get_linear_schedule_with_warmup(optimizer, 0, len(loader))
+    schedule = get_linear_schedule_with_warmup(optimizer, 0, len(loader) * epochs)
     model.train()
-    for batch in loader:
-        logits = output_logits(model(**model_inputs(batch)))
-        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            logits = output_logits(model(**model_inputs(batch)))
+            loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
 
 
-def lightning_fit(model, loader, lr: float) -> None:
+def lightning_fit(model, loader, lr: float, epochs: int) -> None:
+    """Lightning sets the sampler's epoch itself at each epoch start."""
     import lightning
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -269,17 +287,17 @@ def lightning_fit(model, loader, lr: float) -> None:
 
         def configure_optimizers(self):
             optimizer = adamw(self.model, lr)
-            schedule = get_linear_schedule_with_warmup(optimizer, 0, len(loader))
+            schedule = get_linear_schedule_with_warmup(optimizer, 0, len(loader) * epochs)
             return [optimizer], [{"scheduler": schedule, "interval": "step"}]
 
     trainer = lightning.Trainer(
-        max_epochs=1, accelerator="cpu", devices=1, gradient_clip_val=1.0, logger=False,
+        max_epochs=epochs, accelerator="cpu", devices=1, gradient_clip_val=1.0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(Module(), loader)
 
 
-def trainer_fit(model, dataset, collate, lr: float, scenario: str, framework: str) -> None:
+def trainer_fit(model, dataset, collate, lr: float, scenario: str, framework: str, epochs: int) -> None:
     import torch
     from transformers import Trainer, TrainingArguments
 
@@ -299,7 +317,7 @@ def trainer_fit(model, dataset, collate, lr: float, scenario: str, framework: st
         arguments = TrainingArguments(folder, num_train_epochs=1, report_to="none", **extra, **keep)
     else:
         arguments = TrainingArguments(
-            folder, num_train_epochs=1, per_device_train_batch_size=BATCH, learning_rate=lr, weight_decay=0.01,
+            folder, num_train_epochs=epochs, per_device_train_batch_size=BATCH, learning_rate=lr, weight_decay=0.01,
             report_to="none", save_strategy="no", logging_steps=10, use_cpu=True, seed=SEED, **keep,
         )  # fmt: skip
     Loss(model=model, args=arguments, train_dataset=dataset, data_collator=collate).train()
@@ -330,30 +348,50 @@ def run_tunelab(scenario: str, paths: dict) -> dict:
         if scenario == "identical-lora":
             config["strategy"] = {"name": "lora", "lora": {"r": 8, "alpha": 16, "target_modules": ["query", "value"]}}
         config["train"] = {
-            "epochs": 1, "batch_size": BATCH, "group_by_length": False, "checkpoint_every": None,
+            "epochs": DIGITS_EPOCHS if scenario == "digits-cnn" else 1, "batch_size": BATCH, "group_by_length": False,
+            "checkpoint_every": None,
             "eval_every": 10**6, "load_best_at_end": False,
         }  # fmt: skip
         config["evaluate"] = {"base": False, "max_train_examples": 1}
     run_dir = Path(tempfile.mkdtemp(prefix="tunelab-")) / "run"
     run_dir.mkdir()
     results = run_training(validate(config), run_dir, progress=False)
-    rows = results["examples"]["train"]
+    rows = results["examples"]["train"] * results["epochs_completed"]
     split = "test" if scenario == "digits-cnn" else "validation"
     return {
-        "epoch_seconds": results["train_seconds"],
+        "epoch_seconds": results["train_seconds"] / results["epochs_completed"],
         "samples_per_second": rows / results["train_seconds"],
         "accuracy": results["final"][split]["accuracy"],
         "startup_seconds": results["startup_seconds"],
     }
 
 
+def run_startup(scenario: str, paths: dict) -> dict:
+    """One step of tunelab's default text run: what matters here is how long it took to start."""
+    from tunelab.config import validate
+    from tunelab.recipes.train import run_training
+
+    train = paths["full_train"] if scenario == "startup-full" else paths["train"]
+    config = {
+        "task": "text-classification", "seed": SEED, "model": {"source": paths["model"]},
+        "data": {"train": train, "validation": paths["dev"], "text_column": "sentence", "label_column": "label",
+                 "max_length": 64},
+        "train": {"max_steps": 1, "checkpoint_every": None},
+    }  # fmt: skip
+    run_dir = Path(tempfile.mkdtemp(prefix="tunelab-")) / "run"
+    run_dir.mkdir()
+    results = run_training(validate(config), run_dir, progress=False)
+    cached = all(results["tokens_from_cache"].values()) and all(results["measured_from_cache"].values())
+    return {"startup_seconds": results["startup_seconds"], "rows": results["examples"]["train"], "cached": cached}
+
+
 # --- the side-by-side driver ------------------------------------------------------------------
 
 
-def run_one(framework: str, scenario: str, paths: dict) -> dict:
+def run_one(framework: str, scenario: str, paths: dict, cache: Path) -> dict:
     """One run in a fresh process; its peak RSS is read by that process itself."""
     command = [sys.executable, __file__, "--worker", framework, "--scenario", scenario, "--paths", json.dumps(paths)]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TUNELAB_CACHE": str(cache)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{framework} on {scenario} failed:\n{done.stderr[-3000:]}")
@@ -364,17 +402,72 @@ def table(found: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
     for scenario, frameworks in found["scenarios"].items():
         view = Table(title=f"{scenario} (median of {found['repeats']})")
+        if scenario.startswith("startup"):
+            for column in ("run", "train rows", "s to first step", "peak RSS MB"):
+                view.add_column(column, justify="right")
+            for name, row in frameworks.items():
+                view.add_row(name, f"{row['rows']:.0f}", f"{row['startup_seconds']:.1f}", f"{row['peak_rss_mb']:.0f}")
+            console.print(view)
+            continue
         for column in ("framework", "samples/s", "s per epoch", "peak RSS MB", "accuracy", "vs tunelab"):
             view.add_column(column, justify="right")
         reference = frameworks["tunelab"]["epoch_seconds"]
         for name, row in frameworks.items():
             view.add_row(
-                name, f"{row['samples_per_second']:.1f}", f"{row['epoch_seconds']:.1f}", f"{row['peak_rss_mb']:.0f}",
+                name, f"{row['samples_per_second']:.1f}", f"{row['epoch_seconds']:.2f}", f"{row['peak_rss_mb']:.0f}",
                 f"{row['accuracy']:.3f}", f"{row['epoch_seconds'] / reference:.2f}x",
             )  # fmt: skip
-        Console().print(view)
+        console.print(view)
+    for claim, value in found["summary"].items():
+        console.print(f"{claim}: {value}")
+
+
+def summary(scenarios: dict) -> dict:
+    """The ratios the performance issue asks for, from whichever scenarios ran."""
+    found = {}
+    for scenario in ("identical-full", "identical-lora", "digits-cnn"):
+        if scenario in scenarios:
+            rows = scenarios[scenario]
+            found[f"{scenario}: tunelab / plain loop throughput"] = round(
+                rows["tunelab"]["samples_per_second"] / rows["plain"]["samples_per_second"], 3
+            )
+    if "defaults" in scenarios:
+        rows = scenarios["defaults"]
+        for other in ("trainer", "trainer-grouped"):
+            found[f"defaults: {other} / tunelab seconds per epoch"] = round(
+                rows[other]["epoch_seconds"] / rows["tunelab"]["epoch_seconds"], 3
+            )
+        found["defaults: dev accuracy tunelab, trainer, trainer-grouped"] = [
+            round(rows[name]["accuracy"], 4) for name in ("tunelab", "trainer", "trainer-grouped")
+        ]
+    if "identical-full" in scenarios and "identical-lora" in scenarios:
+        found["peak RSS MB tunelab full, lora"] = [
+            round(scenarios[name]["tunelab"]["peak_rss_mb"]) for name in ("identical-full", "identical-lora")
+        ]
+    for scenario in ("startup", "startup-full"):
+        if scenario in scenarios:
+            rows = scenarios[scenario]
+            found[f"{scenario}: first / cached second run seconds to first step"] = round(
+                rows["first"]["startup_seconds"] / rows["second"]["startup_seconds"], 2
+            )
+    return found
+
+
+def machine() -> dict:
+    import lightning
+    import torch
+    import transformers
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())  # fmt: skip
+    return {
+        "machine": platform.machine(), "cpu": model, "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+        "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+        "lightning": lightning.__version__,
+    }  # fmt: skip
 
 
 def main() -> int:
@@ -391,27 +484,26 @@ def main() -> int:
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return 0
-    import torch
-
     with tempfile.TemporaryDirectory() as folder:
-        os.environ.setdefault("TUNELAB_CACHE", str(Path(folder) / "cache"))
         paths = write_rows(Path(folder), args.rows)
-        found = {
-            "machine": platform.machine(), "python": sys.version.split()[0], "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "model": "all-MiniLM-L6-v2" if paths["model"] == "minilm" else "tiny random BERT",
+        found = machine() | {
+            "model": "all-MiniLM-L6-v2" if paths["model"] == "minilm" else "tiny random BERT",
             "rows": args.rows, "repeats": args.repeats, "runs": {}, "scenarios": {},
         }  # fmt: skip
         for scenario in args.scenarios.split(","):
             runs = {framework: [] for framework in SCENARIOS[scenario]}
             for repeat in range(args.repeats):  # alternating: each repeat runs every framework once
+                # Start-up is timed from an empty cache each repeat; the other scenarios share one.
+                cache = Path(folder) / (f"cache-{scenario}-{repeat}" if scenario.startswith("startup") else "cache")
                 for framework in SCENARIOS[scenario]:
-                    runs[framework].append(run_one(framework, scenario, paths))
+                    runs[framework].append(run_one(framework, scenario, paths, cache))
                     print(f"{scenario} {repeat + 1}/{args.repeats} {framework}: {runs[framework][-1]}", flush=True)
             found["runs"][scenario] = runs
             found["scenarios"][scenario] = {
                 framework: {key: statistics.median(run[key] for run in done) for key in done[0]}
                 for framework, done in runs.items()
             }
+        found["summary"] = summary(found["scenarios"])
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
     table(found)

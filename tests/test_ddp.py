@@ -125,9 +125,11 @@ def test_two_processes_build_the_cached_pretrained_cnn(write_config, tmp_path):
     results = json.loads(ddp.stdout)
     assert results["processes"] == 2
     assert (results["steps"], results["epochs_completed"]) == (2 * 80 // 16, 2)
-    built = list((tmp_path / "cache").iterdir())
-    assert len(built) == 1 and not built[0].name.startswith("."), built  # no staging folder left behind
-    assert (built[0] / "model" / "model.safetensors").exists()
+    cache = tmp_path / "cache"
+    left = [path for path in cache.rglob(".*")]
+    assert not left, left  # no staging folder (nor a half-written measurement) left behind
+    assert sorted(path.name for path in cache.iterdir()) == ["digits-cnn-0-4-dihedral", "measured"]
+    assert (cache / "digits-cnn-0-4-dihedral" / "model" / "model.safetensors").exists()
 
 
 def test_only_the_main_process_prepares_the_run_directory(text_config, write_config, tmp_path, monkeypatch):

@@ -113,12 +113,34 @@ def test_quantization_aware_training_saves_an_int8_model_that_reloads(tmp_path, 
     capsys.readouterr()
     results = json.loads((tmp_path / "qat" / "results.json").read_text())
     int8, fake = results["quantization_aware"]["int8"], results["quantization_aware"]["fake_quantized"]
+    assert fake["validation"]["accuracy"] > 0.9  # it learned: comparing models at chance would mean little
     assert results["final"]["validation"] == int8["validation"]  # the run's scores are the saved int8 model's
     assert abs(int8["validation"]["accuracy"] - fake["validation"]["accuracy"]) < 0.05
     assert (tmp_path / "qat" / "model" / "quantized.safetensors").exists()
     assert main(["eval", str(tmp_path / "qat"), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["validation"]["accuracy"] == pytest.approx(int8["validation"]["accuracy"])
+
+
+def test_evaluating_a_quantization_aware_model_leaves_its_observers_alone(tmp_path):
+    """Observers keep observing in eval mode: scoring validation rows must not calibrate them."""
+    from tunelab.compress.quantize import aware
+    from tunelab.evaluate import collect_logits
+
+    class Gatherer:
+        def gather_for_metrics(self, pair):
+            return pair
+
+    model = aware(torch.nn.Sequential(torch.nn.Linear(4, 3)), {"input": torch.randn(2, 4)})
+    model(torch.randn(8, 4))  # training calibrates the observers on its own rows
+    observed = {name: value.clone() for name, value in model.state_dict().items() if name.endswith("_val")}
+    forward = model.forward
+    model.forward = lambda **batch: forward(batch["input"])
+    collect_logits(model, [{"input": torch.randn(8, 4) * 100, "labels": torch.zeros(8, dtype=torch.long)}], Gatherer())
+    assert observed and all(torch.equal(observed[name], model.state_dict()[name]) for name in observed)
+    model.train()
+    forward(torch.randn(8, 4) * 100)  # and training still observes
+    assert any(not torch.equal(observed[name], model.state_dict()[name]) for name in observed)
 
 
 def test_quantization_aware_training_names_what_it_needs(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """Fast by default: length-grouped batches, evaluation longest first with results in the dataset's
-order, the token and base-score caches, fused optimizers, thread settings."""
+order, the token and measurement caches, fused optimizers, thread settings."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tunelab.data.token_cache import cached_tokenize
 from tunelab.engine.data_loading import EpochShuffleSampler, eval_loader, train_loader
 from tunelab.engine.optim import build_optimizer
 from tunelab.evaluate import collect_logits
+from tunelab.evaluate.remembered import Remembered
 from tunelab.recipes.runtime import DEFAULT_THREADS, cpu_threads
 
 
@@ -106,7 +107,70 @@ def test_a_second_run_reads_its_tokens_from_the_cache_and_trains_the_same(
     first, second = results
     assert first["tokens_from_cache"] == {"train": False, "validation": False, "test": False}
     assert second["tokens_from_cache"] == {"train": True, "validation": True, "test": True}
+    assert first["measured_from_cache"] == {"drift": False, "base": False}
+    assert second["measured_from_cache"] == {"drift": True, "base": True}
     assert second["base"] == first["base"] and second["final"] == first["final"]
+    assert second["drift"] == first["drift"]
+
+
+def test_training_does_not_depend_on_what_is_evaluated_or_how_often(text_config, write_config, tmp_path):
+    """Reading an evaluation loader draws no seed from torch's generator, so skipping the base
+    scores (or a cache hit) or evaluating every step leaves the training draws (dropout) alone."""
+    text_config["train"] |= {"load_best_at_end": False}
+    variants = {
+        "usual": {},
+        "no-base-every-step": {"evaluate": {"base": False}, "train": text_config["train"] | {"eval_every": 1}},
+    }
+    finals = []
+    for name, changes in variants.items():
+        config = write_config(text_config | changes, f"{name}.yaml")
+        assert main(["train", str(config), "--output", str(tmp_path / name), "--quiet"]) == 0
+        finals.append(json.loads((tmp_path / name / "results.json").read_text())["final"])
+    assert finals[0] == finals[1]
+
+
+class Settings:
+    """What Remembered reads of an Accelerator."""
+
+    device, mixed_precision, process_index, num_processes = torch.device("cpu"), "no", 0, 1
+
+
+def test_remembered_measurements_are_reused_only_for_the_same_model_data_and_settings(tmp_path):
+    collate = DataCollatorWithPadding(_tokenizer())  # batches are BatchEncodings, not dicts
+    dataset = ragged(20)
+    loaders = {"validation": eval_loader(dataset, 8, collate)}
+    model = torch.nn.Linear(3, 2)
+    calls = []
+
+    def measure(value):
+        def run():
+            calls.append(value)
+            return {"accuracy": value}
+
+        return run
+
+    def scores(model, loaders, extra=1, value=0.5):
+        return Remembered(model, Settings(), folder=tmp_path).scores("base", loaders, extra, measure(value))
+
+    assert scores(model, loaders) == {"accuracy": 0.5} and len(calls) == 1
+    assert scores(model, loaders, value=0.9) == {"accuracy": 0.5} and len(calls) == 1  # read back
+    assert scores(model, loaders, extra=2) == {"accuracy": 0.5} and len(calls) == 2
+    other_data = ragged(20)
+    other_data.encodings["input_ids"][7][1] += 1  # one token of one row
+    assert scores(model, {"validation": eval_loader(other_data, 8, collate)}) and len(calls) == 3
+    with torch.no_grad():
+        model.bias[0] += 1e-6
+    assert scores(model, loaders) and len(calls) == 4
+    for entry in tmp_path.iterdir():
+        entry.write_text("{damaged")
+    assert scores(model, loaders, value=0.7) == {"accuracy": 0.7} and len(calls) == 5
+    remembered = Remembered(model, Settings(), enabled=False, folder=tmp_path)
+    remembered.scores("base", loaders, 1, measure(0.1))
+    assert len(calls) == 6 and not list(tmp_path.glob("*.tmp"))
+    features = Remembered(model, Settings(), folder=tmp_path)
+    first = features.tensor("drift", loaders, lambda: torch.arange(6.0).reshape(2, 3))
+    again = Remembered(model, Settings(), folder=tmp_path).tensor("drift", loaders, lambda: torch.zeros(1))
+    assert torch.equal(first, again) and features.from_cache == {"drift": False}
 
 
 def test_adam_and_adamw_use_the_fused_kernels_on_the_cpu():

@@ -345,6 +345,11 @@ class TrainConfig(Section):
 
 class EvaluateConfig(Section):
     base: bool = Field(True, description="evaluate the model before training")
+    cache: bool = Field(
+        True,
+        description="keep the base model's scores and drift features on disk, keyed by the model's weights and "
+        "the data, so a rerun skips measuring them",
+    )
     max_train_examples: int | None = Field(
         2000, ge=1, description="cap on train examples scored for the train/validation gap"
     )

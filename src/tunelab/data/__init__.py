@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from tunelab.config import RunConfig
@@ -154,6 +153,8 @@ def _hold_out(split: RawSplit, fraction: float, seed: int) -> tuple[RawSplit, Ra
     indices = np.arange(len(split.labels))
     counts = np.unique(split.labels, return_counts=True)[1]
     stratify = split.labels if counts.min() >= 2 else None
+    from sklearn.model_selection import train_test_split  # here: importing it costs a second
+
     try:
         train_idx, val_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError as error:
@@ -189,5 +190,7 @@ def _subsample(split: RawSplit, size: int, seed: int) -> RawSplit:
     indices = np.arange(len(split.labels))
     counts = np.unique(split.labels, return_counts=True)[1]
     stratify = split.labels if counts.min() >= 2 and size >= len(counts) else None
+    from sklearn.model_selection import train_test_split
+
     chosen, _ = train_test_split(indices, train_size=size, random_state=seed, stratify=stratify)
     return split.subset(np.sort(chosen))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 from tunelab.data.images import TensorImageDataset
 
@@ -22,6 +21,8 @@ def digits_splits(
     ``digit/transform``: telling the eight apart teaches shape features that a plain
     five-digit task does not, so what the CNN learns transfers better to unseen digits.
     """
+    from sklearn.datasets import load_digits  # here: importing it costs a second
+
     digits = load_digits()
     images = torch.from_numpy(digits.images.astype(np.float32) / 16.0).unsqueeze(1)
     rng = np.random.default_rng(seed)

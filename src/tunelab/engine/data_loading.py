@@ -59,7 +59,10 @@ def eval_loader(dataset: Dataset, batch_size: int, collate, longest_first: bool 
     lengths = token_lengths(dataset) if longest_first else None
     if lengths is not None:
         dataset = LengthSorted(dataset, lengths)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, **loading)
+    # Its own generator: starting to read a loader draws a seed, and drawing it from torch's global
+    # one would make training depend on how often, and whether, anything was evaluated.
+    generator = torch.Generator()
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, generator=generator, **loading)
 
 
 class LengthSorted(Dataset):

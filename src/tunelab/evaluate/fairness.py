@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from fairlearn.metrics import MetricFrame, count, false_positive_rate, selection_rate, true_positive_rate
-from sklearn.metrics import accuracy_score, f1_score
 
 MIN_GROUP_EXAMPLES = 20
 GAP_METRICS = ("accuracy", "f1")
@@ -21,6 +19,10 @@ BINARY_RATES = ("positive_rate", "true_positive_rate", "false_positive_rate")
 def group_metrics(truth, predicted, groups: list[str], num_labels: int) -> dict:
     """Accuracy and macro F1 per group (and, for two classes, the rates behind demographic parity
     and equalized odds), with the largest gap between the groups compared."""
+    # Imported here: fairlearn and scikit-learn take seconds to import, and most runs have no groups.
+    from fairlearn.metrics import MetricFrame, count, false_positive_rate, selection_rate, true_positive_rate
+    from sklearn.metrics import accuracy_score, f1_score
+
     truth, predicted = np.asarray(truth), np.asarray(predicted)
     metrics = {
         "examples": count,

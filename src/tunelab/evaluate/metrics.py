@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
+    # Imported here: scikit-learn costs a second, and a run whose base scores are cached needs it
+    # only after training.
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     logits = logits.float()
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     probabilities = torch.softmax(logits, dim=-1).numpy()
@@ -34,6 +37,8 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_label
 
 def _auc(truth: np.ndarray, probabilities: np.ndarray, num_labels: int) -> float | None:
     """None when AUC is undefined: a split holding fewer than two classes."""
+    from sklearn.metrics import roc_auc_score
+
     present = np.unique(truth)
     if len(present) < 2 or not np.isfinite(probabilities).all():  # undefined, or the model put out inf/NaN
         return None

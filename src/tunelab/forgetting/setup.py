@@ -33,14 +33,15 @@ class ForgettingRun:
     loss: ProtectedLoss | None = None
 
 
-def setup_forgetting(config, loaded, model, accelerator, collate, datasets: dict, class_weights=None):
+def setup_forgetting(config, loaded, model, accelerator, collate, datasets: dict, class_weights=None, remembered=None):
     """Everything measured before training; None when the config asks for nothing. Torch's random
-    state is left as it was, so measuring forgetting never changes the run it measures."""
+    state is left as it was, so measuring forgetting never changes the run it measures. With
+    ``remembered`` (a ``Remembered``) the drift probe's base features come from its cache."""
     with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
-        return _setup(config, loaded, model, accelerator, collate, datasets, class_weights)
+        return _setup(config, loaded, model, accelerator, collate, datasets, class_weights, remembered)
 
 
-def _setup(config, loaded, model, accelerator, collate, datasets: dict, class_weights):
+def _setup(config, loaded, model, accelerator, collate, datasets: dict, class_weights, remembered):
     settings = config.forgetting
     methods = settings.methods
     if not config.retain and not methods and not settings.drift:
@@ -69,7 +70,8 @@ def _setup(config, loaded, model, accelerator, collate, datasets: dict, class_we
         rows = range(min(DRIFT_ROWS, len(datasets["validation"])))
         probe = eval_loader(Subset(datasets["validation"], list(rows)), config.train.eval_batch_size, collate)
         run.probe = accelerator.prepare(probe)
-        run.base_features = features(model, run, accelerator)
+        measure = lambda: features(model, run, accelerator)  # noqa: E731
+        run.base_features = remembered.tensor("drift", {"probe": run.probe}, measure) if remembered else measure()
     if methods:
         run.loss = _protected_loss(config, loaded, unwrapped, run, old_model, retain_train, collate, accelerator)
         run.loss.class_weights = class_weights

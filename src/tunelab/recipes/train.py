@@ -26,6 +26,7 @@ from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
 from tunelab.evaluate import balanced_weights, classification_loss, evaluate_split, evaluate_splits, model_inputs
+from tunelab.evaluate.remembered import Remembered
 from tunelab.forgetting.setup import forgetting_results, setup_forgetting
 from tunelab.io import folder_megabytes, write_atomic, write_json
 from tunelab.models import load_model, save_model
@@ -75,7 +76,9 @@ def run_training(
     steps_per_epoch = -(-len(train_dl) // config.train.grad_accum_steps)
     total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
     state = TrainState(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    forgetting = setup_forgetting(config, loaded, model, accelerator, collate, data.datasets, class_weights)
+    # Measured before training, at most once per model and data: a rerun reads them from disk.
+    remembered = Remembered(accelerator.unwrap_model(model), accelerator, config.evaluate.cache)
+    forgetting = setup_forgetting(config, loaded, model, accelerator, collate, data.datasets, class_weights, remembered)
     if forgetting is not None and forgetting.loss is not None:
         loss_fn = forgetting.loss
     elif class_weights is not None:
@@ -119,7 +122,10 @@ def run_training(
         base = {}
         if config.evaluate.base:
             with without_adapter(model, accelerator.unwrap_model(model)) as base_model:
-                base = evaluate_splits(base_model, eval_dls, accelerator, num_labels, bars, "base model", eval_groups)
+                score = lambda: evaluate_splits(  # noqa: E731
+                    base_model, eval_dls, accelerator, num_labels, bars, "base model", eval_groups
+                )
+                base = remembered.scores("base", eval_dls, {"labels": num_labels, "groups": eval_groups}, score)
         earlier_seconds = 0.0
 
     started = time.perf_counter()
@@ -200,6 +206,7 @@ def run_training(
         "train_seconds": train_seconds,
         "startup_seconds": startup_seconds,  # process start to training (or to resuming it)
         "tokens_from_cache": data.tokens_from_cache,
+        "measured_from_cache": remembered.from_cache,  # base scores, drift features
         "peak_memory_mb": peak_memory_mb(),
         "steps": state.step,
         "epochs_completed": state.epoch + 1,

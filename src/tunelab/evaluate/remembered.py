@@ -1,0 +1,150 @@
+"""What a run measures before it trains, kept on disk: the base model's scores and the feature-drift
+probe's features. A second run of a config, or one that changes only how it trains (rate,
+epochs, schedule), skips measuring a model it has measured already and starts training sooner.
+
+The key is the content, not the config: a hash of the model as it stands before training (its
+architecture as printed, every weight and buffer), of every batch the measurement reads exactly
+as the model receives it, and of what else a number depends on (mixed precision, device, library
+versions). Anything that could change a number misses. Scores are stored as JSON and features as
+safetensors: nothing pickled is read, and a damaged entry is measured again. Under several
+processes each one keys its own shard, and the cache is used only when every process finds its
+entry, so they never disagree on whether to run the collective evaluation.
+
+Hand-written: no library keeps evaluation results keyed by a model's content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import tunelab
+from tunelab.io import cache_dir
+
+FORMAT = 1
+
+
+class Remembered:
+    """Measurements of one model before training, read from the cache or made and stored."""
+
+    def __init__(self, model: torch.nn.Module, accelerator, enabled: bool = True, folder: Path | None = None):
+        self.model, self.accelerator, self.enabled = model, accelerator, enabled
+        self.folder = folder or cache_dir() / "measured"
+        self.from_cache: dict[str, bool] = {}
+
+    @cached_property
+    def model_digest(self) -> str:
+        return model_digest(self.model)
+
+    def scores(self, name: str, loaders: dict, extra, measure: Callable[[], dict]) -> dict:
+        """``measure()``'s scores of ``loaders``; ``extra`` is whatever else they depend on (JSON)."""
+        return self._remembered(name, loaders, extra, measure, ".json", _read_json, _write_json)
+
+    def tensor(self, name: str, loaders: dict, measure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        return self._remembered(name, loaders, None, measure, ".safetensors", _read_tensor, _write_tensor)
+
+    def _remembered(self, name, loaders, extra, measure, suffix, read, write):
+        if not self.enabled:
+            return measure()
+        key = self._key(name, loaders, extra)
+        path = self.folder / f"{key}{suffix}"
+        found = read(path)
+        if _everywhere(found is not None, self.accelerator):
+            self.from_cache[name] = True
+            return found
+        value = measure()
+        self.from_cache[name] = False
+        _store(path, value, write)
+        return value
+
+    def _key(self, name: str, loaders: dict, extra) -> str:
+        accelerator = self.accelerator
+        versions = {name: getattr(sys.modules.get(name), "__version__", None) for name in ("transformers", "peft")}
+        settings = {
+            "format": FORMAT, "measurement": name, "extra": extra, "tunelab": tunelab.__version__,
+            "torch": torch.__version__, **versions, "device": accelerator.device.type,
+            "mixed_precision": str(accelerator.mixed_precision), "process": accelerator.process_index,
+            "processes": accelerator.num_processes,
+        }  # fmt: skip
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+        digest.update(self.model_digest.encode())
+        for split in sorted(loaders):
+            digest.update(split.encode())
+            for batch in loaders[split]:
+                _update_with_batch(digest, batch)
+        return digest.hexdigest()[:32]
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """A hash of the architecture as printed and of every weight and buffer."""
+    digest = hashlib.sha256(str(model).encode())
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        _update_with_tensor(digest, value)
+    return digest.hexdigest()
+
+
+def _update_with_batch(digest, batch) -> None:
+    # Mapping, not dict: Hugging Face collators return a BatchEncoding (a UserDict).
+    items = sorted(batch.items()) if isinstance(batch, Mapping) else enumerate(batch)
+    for key, value in items:
+        digest.update(str(key).encode())
+        if isinstance(value, torch.Tensor):
+            _update_with_tensor(digest, value)
+        else:
+            digest.update(json.dumps(value, default=str).encode())
+
+
+def _update_with_tensor(digest, value: torch.Tensor) -> None:
+    digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+    # A copy: viewing a tensor's own storage as NumPy marks it non-resizable for good, and
+    # quantization observers resize theirs in the next forward pass.
+    copy = value.detach().to("cpu", copy=True).contiguous()
+    digest.update(copy.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _everywhere(found: bool, accelerator) -> bool:
+    if accelerator.num_processes == 1:
+        return found
+    return bool(accelerator.gather(torch.tensor([found], device=accelerator.device)).all())
+
+
+def _store(path: Path, value, write) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(temporary, value)
+        temporary.replace(path)
+    except OSError:  # a full or read-only cache costs the next run a measurement, nothing more
+        temporary.unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value), encoding="utf-8")
+
+
+def _read_tensor(path: Path) -> torch.Tensor | None:
+    try:
+        return load_file(path).get("value")
+    except (OSError, SafetensorError):
+        return None
+
+
+def _write_tensor(path: Path, value: torch.Tensor) -> None:
+    save_file({"value": value.contiguous()}, str(path))
