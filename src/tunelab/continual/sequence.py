@@ -27,7 +27,7 @@ from tunelab.data.collate import make_collate
 from tunelab.engine.callbacks import ProgressBar
 from tunelab.engine.data_loading import OnDevice, eval_loader, to_device, train_loader
 from tunelab.engine.loop import fit
-from tunelab.engine.optim import build_optimizer
+from tunelab.engine.optim import build_optimizer, stepped_optimizer
 from tunelab.engine.schedules import build_scheduler
 from tunelab.evaluate import evaluate_split, model_inputs, output_logits
 from tunelab.forgetting.regularizers import WeightPull, diagonal_fisher, distillation_loss
@@ -101,9 +101,8 @@ class Sequence:
         optimizer = build_optimizer(strategy.parameter_groups(self.model, config.optim), config.optim)
         optimizer, loader = self.accelerator.prepare(optimizer, loader)
         steps_per_epoch = -(-len(loader) // config.train.grad_accum_steps)
-        scheduler = build_scheduler(
-            optimizer, config.schedule, config.train.max_steps or steps_per_epoch * config.train.epochs
-        )
+        total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
+        scheduler = build_scheduler(stepped_optimizer(optimizer, self.accelerator), config.schedule, total_steps)
         bar = ProgressBar(console, console is not None, config.train.metric)
         train = config.train.model_copy(update={"eval_every": 10**9, "early_stopping": None})
         fit(self.model, optimizer, scheduler, loader, self.loss_for(index), dict, self.accelerator, train, [bar],

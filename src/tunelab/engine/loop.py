@@ -15,6 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tunelab.config import TrainConfig
 from tunelab.engine.callbacks import Callback, TrainState
 from tunelab.engine.checkpoint import restore_rng
+from tunelab.engine.optim import stepped_optimizer
 
 
 def fit(
@@ -53,6 +54,7 @@ def fit(
     buffers = [b for m in model.modules() if isinstance(m, _BatchNorm) for b in m.buffers(recurse=False)]
     buffers_before_step = [buffer.clone() for buffer in buffers]
     step_starts = True
+    stepped = stepped_optimizer(optimizer, accelerator)
     fire("on_train_start", state, model, optimizer)
     # Kept as tensors in the state so the hot path never waits on the device; read at log time.
     state.running_loss = running_loss = torch.tensor(float(state.running_loss), device=accelerator.device)
@@ -91,8 +93,8 @@ def fit(
                 skipped = False
                 if accelerator.sync_gradients:
                     fire("on_before_optimizer_step", state, model)
-                    skipped = not _optimizer_step(accelerator, optimizer, parameters, config)
-                optimizer.zero_grad(set_to_none=True)
+                    skipped = not _optimizer_step(accelerator, stepped, parameters, config)
+                    stepped.zero_grad(set_to_none=True)
             finite = torch.isfinite(loss.detach())
             running_loss += torch.where(finite, loss.detach(), 0.0)
             running_count += finite.long()
@@ -140,7 +142,7 @@ def _optimizer_step(accelerator, optimizer, parameters, config: TrainConfig) -> 
     finite = norm is None or bool(torch.isfinite(norm))
     if finite or accelerator.scaler is not None:
         optimizer.step()
-    return finite and not optimizer.step_was_skipped
+    return finite and not getattr(optimizer, "step_was_skipped", False)
 
 
 def _copy(sources: list[torch.Tensor], targets: list[torch.Tensor]) -> None:

@@ -16,9 +16,9 @@ Hand-written: no library keeps evaluation results keyed by a model's content.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
-import sys
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -68,7 +68,7 @@ class Remembered:
 
     def _key(self, name: str, loaders: dict, extra) -> str:
         accelerator = self.accelerator
-        versions = {name: getattr(sys.modules.get(name), "__version__", None) for name in ("transformers", "peft")}
+        versions = {name: _version(name) for name in ("transformers", "peft")}
         settings = {
             "format": FORMAT, "measurement": name, "extra": extra, "tunelab": tunelab.__version__,
             "torch": torch.__version__, **versions, "device": accelerator.device.type,
@@ -82,6 +82,14 @@ class Remembered:
             for batch in loaders[split]:
                 _update_with_batch(digest, batch)
         return digest.hexdigest()[:32]
+
+
+def _version(package: str) -> str | None:
+    """The installed version (not whether this process has imported it yet)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def model_digest(model: torch.nn.Module) -> str:

@@ -23,7 +23,7 @@ from tunelab.engine.callbacks import BestWeights, EarlyStopping, MetricsFile, Pr
 from tunelab.engine.checkpoint import Checkpointer, complete_checkpoints, load_latest, truncate_lines
 from tunelab.engine.data_loading import OnDevice, eval_loader, loading_options, train_loader
 from tunelab.engine.loop import fit
-from tunelab.engine.optim import build_optimizer
+from tunelab.engine.optim import build_optimizer, stepped_optimizer
 from tunelab.engine.schedules import build_scheduler
 from tunelab.evaluate import balanced_weights, classification_loss, evaluate_split, evaluate_splits, model_inputs
 from tunelab.evaluate.remembered import Remembered
@@ -100,7 +100,7 @@ def run_training(
         lr_found = find_rate(run, config, accelerator, class_weights, console if progress and main else None)
         if main:
             console.print(f"learning rate: {lr_found['suggested']:.3g} (range test: {lr_found['stopped']})")
-    scheduler = build_scheduler(optimizer, config.schedule, total_steps)
+    scheduler = build_scheduler(stepped_optimizer(optimizer, accelerator), config.schedule, total_steps)
     restored = load_latest(run_dir / CHECKPOINTS, accelerator, model, optimizer, scheduler, warn) if resume else None
     if resume and restored is None:
         warn("no usable checkpoint to resume from; starting the run from the beginning")
