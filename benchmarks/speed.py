@@ -290,6 +290,9 @@ def lightning_fit(model, loader, lr: float, epochs: int) -> None:
             schedule = get_linear_schedule_with_warmup(optimizer, 0, len(loader) * epochs)
             return [optimizer], [{"scheduler": schedule, "interval": "step"}]
 
+    # Lightning 2.2+ leaves the module in the mode it was handed (from_pretrained gives eval mode,
+    # which would train without dropout): a Lightning user sets train mode first, as its warning asks.
+    model.train()
     trainer = lightning.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, gradient_clip_val=1.0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -456,6 +459,17 @@ def summary(scenarios: dict) -> dict:
     return found
 
 
+def merged(found: dict) -> dict:
+    """This run's scenarios added to those already written for the same machine, model, rows and
+    repeats (so ``--scenarios`` can redo one without losing the rest)."""
+    if not OUT.exists():
+        return found
+    previous = json.loads(OUT.read_text(encoding="utf-8"))
+    if any(previous.get(key) != found[key] for key in ("cpu", "threads", "torch", "model", "rows", "repeats")):
+        return found
+    return found | {key: previous.get(key, {}) | found[key] for key in ("runs", "scenarios")}
+
+
 def machine() -> dict:
     import lightning
     import torch
@@ -503,7 +517,8 @@ def main() -> int:
                 framework: {key: statistics.median(run[key] for run in done) for key in done[0]}
                 for framework, done in runs.items()
             }
-        found["summary"] = summary(found["scenarios"])
+    found = merged(found)
+    found["summary"] = summary(found["scenarios"])
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
     table(found)

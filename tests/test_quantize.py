@@ -114,6 +114,11 @@ def test_quantization_aware_training_saves_an_int8_model_that_reloads(tmp_path, 
     results = json.loads((tmp_path / "qat" / "results.json").read_text())
     int8, fake = results["quantization_aware"]["int8"], results["quantization_aware"]["fake_quantized"]
     assert fake["validation"]["accuracy"] > 0.9  # it learned: comparing models at chance would mean little
+    # Before training it is the float model: scored as the same run without fake quantization.
+    (tmp_path / "float.yaml").write_text(yaml.safe_dump(CNN_RUN | {"train": CNN_RUN["train"] | {"max_steps": 1}}))
+    assert main(["train", str(tmp_path / "float.yaml"), "-o", str(tmp_path / "float"), "-q"]) == 0
+    float_base = json.loads((tmp_path / "float" / "results.json").read_text())["base"]
+    assert results["base"]["validation"]["accuracy"] == pytest.approx(float_base["validation"]["accuracy"])
     assert results["final"]["validation"] == int8["validation"]  # the run's scores are the saved int8 model's
     assert abs(int8["validation"]["accuracy"] - fake["validation"]["accuracy"]) < 0.05
     assert (tmp_path / "qat" / "model" / "quantized.safetensors").exists()

@@ -149,12 +149,15 @@ def test_remembered_measurements_are_reused_only_for_the_same_model_data_and_set
 
         return run
 
-    def scores(model, loaders, extra=1, value=0.5):
-        return Remembered(model, Settings(), folder=tmp_path).scores("base", loaders, extra, measure(value))
+    def scores(model, loaders, extra=1, value=0.5, context=None):
+        remembered = Remembered(model, Settings(), context=context, folder=tmp_path)
+        return remembered.scores("base", loaders, extra, measure(value))
 
     assert scores(model, loaders) == {"accuracy": 0.5} and len(calls) == 1
     assert scores(model, loaders, value=0.9) == {"accuracy": 0.5} and len(calls) == 1  # read back
     assert scores(model, loaders, extra=2) == {"accuracy": 0.5} and len(calls) == 2
+    assert scores(model, loaders, context={"pooling": "cls"}) and len(calls) == 3  # same weights, other pooling
+    calls.pop()
     other_data = ragged(20)
     other_data.encodings["input_ids"][7][1] += 1  # one token of one row
     assert scores(model, {"validation": eval_loader(other_data, 8, collate)}) and len(calls) == 3
@@ -204,3 +207,16 @@ def test_the_loop_steps_the_optimizer_itself_and_the_schedule_follows_it(text_co
     rates = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if '"lr"' in line]  # fmt: skip
     assert rates and rates[-1] < rates[0] + 1e-12  # the linear decay ran
+
+
+def test_start_up_time_counts_from_the_process_start_not_from_importing_tunelab():
+    import subprocess
+    import sys
+
+    program = (
+        "import time; time.sleep(0.6)\n"
+        "from tunelab.recipes.runtime import process_started_at\n"
+        "print(time.time() - process_started_at())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert float(done.stdout) >= 0.6

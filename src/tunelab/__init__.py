@@ -4,5 +4,5 @@ import time
 
 __version__ = "0.1.0"
 
-# When this process imported tunelab, its first import: what a run's start-up time counts from.
+# When this process imported tunelab: start-up time counts from process creation, or else from here.
 PROCESS_STARTED_AT = time.time()

@@ -86,6 +86,27 @@ def aware(model: nn.Module, example: dict) -> nn.Module:
             ) from None
 
 
+@contextlib.contextmanager
+def measured_as_float(model: nn.Module):
+    """Before training, a quantization-aware model is the float model it came from: its fake
+    quantizers have seen nothing yet (scale 1, no range), so measuring through them would score
+    noise, and with observers on it would calibrate them on the rows measured. Both are off
+    inside this block and restored after it; a model without fake quantizers is left alone."""
+    from torch.ao.quantization import FakeQuantizeBase
+
+    quantizers = [module for module in model.modules() if isinstance(module, FakeQuantizeBase)]
+    switches = [(module.fake_quant_enabled.clone(), module.observer_enabled.clone()) for module in quantizers]
+    for module in quantizers:
+        module.disable_fake_quant()
+        module.disable_observer()
+    try:
+        yield model
+    finally:
+        for module, (fake_quant, observer) in zip(quantizers, switches, strict=True):
+            module.fake_quant_enabled.copy_(fake_quant)
+            module.observer_enabled.copy_(observer)
+
+
 def converted(model: nn.Module) -> nn.Module:
     """The int8 model a quantization-aware one becomes (on the CPU; the trained model is kept)."""
     from torch.ao.quantization.quantize_fx import convert_fx

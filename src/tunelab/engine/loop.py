@@ -146,9 +146,9 @@ def _optimizer_step(accelerator, optimizer, parameters, config: TrainConfig) -> 
 
 
 def _copy(sources: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for source, target in zip(sources, targets, strict=True):
-            target.copy_(source)
+    if sources:
+        with torch.no_grad():
+            torch._foreach_copy_(targets, sources)  # one call, not one per buffer: this runs every step
 
 
 def _count_skip(state: TrainState, config: TrainConfig) -> None:

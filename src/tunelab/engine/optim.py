@@ -84,9 +84,12 @@ def stepped_optimizer(optimizer, accelerator):
     """What the loop steps and the schedule follows: the optimizer Accelerate wrapped, wherever its
     wrapper adds nothing but cost. Without a gradient scaler (fp16) or XLA its ``step`` only looks
     twice for an optional package on disk (LOMO) and its ``zero_grad`` inspects a signature: 0.3 ms
-    a step, a tenth of the digits CNN's. The loop zeroes gradients at sync steps only, as it would."""
+    a step, a tenth of the digits CNN's. The loop zeroes gradients at sync steps only, as it would.
+    Only the launches tunelab runs (one device, DDP, FSDP) qualify: DeepSpeed and XLA step inside
+    the wrapper."""
     from accelerate.utils import DistributedType
 
-    if accelerator.scaler is not None or accelerator.distributed_type == DistributedType.XLA:
+    plain = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.FSDP)
+    if accelerator.scaler is not None or accelerator.distributed_type not in plain:
         return optimizer
     return getattr(optimizer, "optimizer", optimizer)

@@ -2,25 +2,29 @@
 probe's features. A second run of a config, or one that changes only how it trains (rate,
 epochs, schedule), skips measuring a model it has measured already and starts training sooner.
 
-The key is the content, not the config: a hash of the model as it stands before training (its
-architecture as printed, every weight and buffer), of every batch the measurement reads exactly
-as the model receives it, and of what else a number depends on (mixed precision, device, library
-versions). Anything that could change a number misses. Scores are stored as JSON and features as
-safetensors: nothing pickled is read, and a damaged entry is measured again. Under several
-processes each one keys its own shard, and the cache is used only when every process finds its
-entry, so they never disagree on whether to run the collective evaluation.
+The key is the content: a hash of the model as it stands before training (its architecture as
+printed, every weight and buffer, the source of its class), of every batch the measurement reads
+exactly as the model receives it, of the config sections that shape the model but not its
+weights (``model``, ``strategy``, compile and memory-format settings), of tunelab's own source and
+of what else a number depends on (mixed precision, device, library versions). Anything that could
+change a number misses. On a miss the batches are read twice (once to hash, once to measure).
+Scores are stored as JSON and features as safetensors: nothing pickled is read, and a damaged
+entry is measured again. Under several processes each one keys its own shard, and the cache is
+used only when every process finds its entry, so they never disagree on whether to run the
+collective evaluation.
 
 Hand-written: no library keeps evaluation results keyed by a model's content.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
+import inspect
 import json
 import os
 from collections.abc import Callable, Mapping
-from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -31,17 +35,22 @@ import tunelab
 from tunelab.io import cache_dir
 
 FORMAT = 1
+LIBRARIES = ("torch", "transformers", "peft", "accelerate", "numpy", "scikit-learn", "fairlearn", "safetensors")
 
 
 class Remembered:
     """Measurements of one model before training, read from the cache or made and stored."""
 
-    def __init__(self, model: torch.nn.Module, accelerator, enabled: bool = True, folder: Path | None = None):
-        self.model, self.accelerator, self.enabled = model, accelerator, enabled
+    def __init__(
+        self, model: torch.nn.Module, accelerator, enabled: bool = True, context=None, folder: Path | None = None
+    ):
+        """``context``: settings (JSON) that shape what the model computes without showing in its
+        weights, such as a pooling mode."""
+        self.model, self.accelerator, self.enabled, self.context = model, accelerator, enabled, context
         self.folder = folder or cache_dir() / "measured"
         self.from_cache: dict[str, bool] = {}
 
-    @cached_property
+    @functools.cached_property
     def model_digest(self) -> str:
         return model_digest(self.model)
 
@@ -68,10 +77,10 @@ class Remembered:
 
     def _key(self, name: str, loaders: dict, extra) -> str:
         accelerator = self.accelerator
-        versions = {name: _version(name) for name in ("transformers", "peft")}
         settings = {
-            "format": FORMAT, "measurement": name, "extra": extra, "tunelab": tunelab.__version__,
-            "torch": torch.__version__, **versions, "device": accelerator.device.type,
+            "format": FORMAT, "measurement": name, "extra": extra, "context": self.context, "code": code_digest(),
+            "model_code": _source_digest(type(self.model)), "versions": {name: _version(name) for name in LIBRARIES},
+            "device": accelerator.device.type,
             "mixed_precision": str(accelerator.mixed_precision), "process": accelerator.process_index,
             "processes": accelerator.num_processes,
         }  # fmt: skip
@@ -82,6 +91,23 @@ class Remembered:
             for batch in loaders[split]:
                 _update_with_batch(digest, batch)
         return digest.hexdigest()[:32]
+
+
+@functools.cache
+def code_digest() -> str:
+    """tunelab's own source: a change to how anything is scored misses."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(tunelab.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _source_digest(kind: type) -> str | None:
+    """The file that defines the model's class (a user's ``module:function`` model included)."""
+    try:
+        return hashlib.sha256(Path(inspect.getsourcefile(kind)).read_bytes()).hexdigest()
+    except (OSError, TypeError):
+        return None
 
 
 def _version(package: str) -> str | None:
@@ -132,7 +158,7 @@ def _store(path: Path, value, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(temporary, value)
         temporary.replace(path)
-    except OSError:  # a full or read-only cache costs the next run a measurement, nothing more
+    except (OSError, SafetensorError):  # a full or read-only cache costs the next run a measurement, no more
         temporary.unlink(missing_ok=True)
 
 

@@ -20,6 +20,19 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def process_started_at() -> float:
+    """When this process was created (the interpreter and every import count), as ``time.time()``;
+    when the system will not say, when tunelab was first imported."""
+    import psutil
+
+    from tunelab import PROCESS_STARTED_AT
+
+    try:
+        return min(psutil.Process().create_time(), PROCESS_STARTED_AT)
+    except psutil.Error:
+        return PROCESS_STARTED_AT
+
+
 def process_state():
     """This process's place in the launch (torchrun): rank, world size, main or not.
 

@@ -13,7 +13,7 @@ from accelerate.utils import set_seed
 from rich.console import Console
 from torch.utils.data import Subset
 
-from tunelab import PROCESS_STARTED_AT
+from tunelab.compress.quantize import measured_as_float
 from tunelab.config import RunConfig, dump_config
 from tunelab.data import prepare_data, read_data
 from tunelab.data.audit import quick_checks
@@ -33,7 +33,7 @@ from tunelab.models import load_model, save_model
 from tunelab.models.adapted import without_adapter
 from tunelab.models.builtin import build_cached
 from tunelab.models.loading import count_parameters
-from tunelab.recipes.runtime import make_accelerator, peak_memory_mb, quiet_libraries
+from tunelab.recipes.runtime import make_accelerator, peak_memory_mb, process_started_at, quiet_libraries
 from tunelab.rundir import BEST, CHECKPOINTS, CONFIG, METRICS, MODEL, REPORT, RESULTS
 from tunelab.strategies import build_strategy
 
@@ -77,8 +77,13 @@ def run_training(
     total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
     state = TrainState(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     # Measured before training, at most once per model and data: a rerun reads them from disk.
-    remembered = Remembered(accelerator.unwrap_model(model), accelerator, config.evaluate.cache)
-    forgetting = setup_forgetting(config, loaded, model, accelerator, collate, data.datasets, class_weights, remembered)
+    shaping = {"task": config.task, "model": config.model.model_dump(), "strategy": config.strategy.model_dump()}
+    shaping["train"] = config.train.model_dump(include={"compile", "channels_last", "quantization_aware"})
+    remembered = Remembered(accelerator.unwrap_model(model), accelerator, config.evaluate.cache, shaping)
+    with measured_as_float(model):
+        forgetting = setup_forgetting(
+            config, loaded, model, accelerator, collate, data.datasets, class_weights, remembered
+        )
     if forgetting is not None and forgetting.loss is not None:
         loss_fn = forgetting.loss
     elif class_weights is not None:
@@ -121,7 +126,7 @@ def run_training(
     else:
         base = {}
         if config.evaluate.base:
-            with without_adapter(model, accelerator.unwrap_model(model)) as base_model:
+            with measured_as_float(model), without_adapter(model, accelerator.unwrap_model(model)) as base_model:
                 score = lambda: evaluate_splits(  # noqa: E731
                     base_model, eval_dls, accelerator, num_labels, bars, "base model", eval_groups
                 )
@@ -129,7 +134,7 @@ def run_training(
         earlier_seconds = 0.0
 
     started = time.perf_counter()
-    startup_seconds = time.time() - PROCESS_STARTED_AT
+    startup_seconds = time.time() - process_started_at()
     callbacks = [
         strategy,
         *([early_stopping] if early_stopping else []),
