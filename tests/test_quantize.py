@@ -117,6 +117,7 @@ def test_quantization_aware_training_saves_an_int8_model_that_reloads(tmp_path, 
     # Before training it is the float model: scored as the same run without fake quantization.
     (tmp_path / "float.yaml").write_text(yaml.safe_dump(CNN_RUN | {"train": CNN_RUN["train"] | {"max_steps": 1}}))
     assert main(["train", str(tmp_path / "float.yaml"), "-o", str(tmp_path / "float"), "-q"]) == 0
+    capsys.readouterr()
     float_base = json.loads((tmp_path / "float" / "results.json").read_text())["base"]
     assert results["base"]["validation"]["accuracy"] == pytest.approx(float_base["validation"]["accuracy"])
     assert results["final"]["validation"] == int8["validation"]  # the run's scores are the saved int8 model's
