@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tunelab.errors import UserError
 
@@ -321,18 +321,12 @@ class TrainConfig(Section):
             raise ValueError("class_weights and resample both correct class imbalance; choose one")
         return self
 
-    @field_validator("dataloader_workers")
+    @field_validator("dataloader_workers", "threads")
     @classmethod
-    def _workers(cls, value: str | int) -> str | int:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("must be auto or 0 or more worker processes")
-        return value
-
-    @field_validator("threads")
-    @classmethod
-    def _threads(cls, value: str | int) -> str | int:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be auto or 1 or more threads")
+    def _auto_or_count(cls, value: str | int, info: ValidationInfo) -> str | int:
+        least, unit = {"dataloader_workers": (0, "worker processes"), "threads": (1, "threads")}[info.field_name]
+        if isinstance(value, int) and value < least:
+            raise ValueError(f"must be auto or {least} or more {unit}")
         return value
 
     @field_validator("eval_every", "checkpoint_every")

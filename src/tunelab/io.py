@@ -5,13 +5,29 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
 def cache_dir() -> Path:
-    """Where tunelab keeps what it can rebuild: built-in models and tokenised text."""
+    """Where tunelab keeps what it can rebuild: built-in models, tokenised text, measurements."""
     return Path(os.environ.get("TUNELAB_CACHE") or Path.home() / ".cache" / "tunelab")
+
+
+def store_cache_entry(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a rebuildable cache entry to a temporary name beside ``path`` (processes may race
+    to write the same one), then rename it into place. A full or read-only cache only costs the
+    next run the rebuild: the error is swallowed and nothing half-written is left."""
+    from safetensors import SafetensorError
+
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(temporary)
+        temporary.replace(path)
+    except (OSError, SafetensorError):
+        temporary.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

@@ -87,24 +87,32 @@ def aware(model: nn.Module, example: dict) -> nn.Module:
 
 
 @contextlib.contextmanager
-def measured_as_float(model: nn.Module):
-    """Before training, a quantization-aware model is the float model it came from: its fake
-    quantizers have seen nothing yet (scale 1, no range), so measuring through them would score
-    noise, and with observers on it would calibrate them on the rows measured. Both are off
-    inside this block and restored after it; a model without fake quantizers is left alone."""
+def quantizers_paused(model: nn.Module, fake_quant: bool = False):
+    """Observers of a quantization-aware model off inside this block (they keep observing in eval
+    mode, so a measurement would move their ranges and let the rows it reads calibrate them), and
+    with ``fake_quant`` fake quantization too; every switch is restored after it. A model without
+    fake quantizers is left alone."""
     from torch.ao.quantization import FakeQuantizeBase
 
     quantizers = [module for module in model.modules() if isinstance(module, FakeQuantizeBase)]
     switches = [(module.fake_quant_enabled.clone(), module.observer_enabled.clone()) for module in quantizers]
     for module in quantizers:
-        module.disable_fake_quant()
         module.disable_observer()
+        if fake_quant:
+            module.disable_fake_quant()
     try:
         yield model
     finally:
-        for module, (fake_quant, observer) in zip(quantizers, switches, strict=True):
-            module.fake_quant_enabled.copy_(fake_quant)
-            module.observer_enabled.copy_(observer)
+        for module, (fake_quantizing, observing) in zip(quantizers, switches, strict=True):
+            module.fake_quant_enabled.copy_(fake_quantizing)
+            module.observer_enabled.copy_(observing)
+
+
+def measured_as_float(model: nn.Module):
+    """Before training, a quantization-aware model is the float model it came from: its fake
+    quantizers have seen nothing yet (scale 1, no range), so measuring through them would score
+    noise. Fake quantization and observers are off inside this block."""
+    return quantizers_paused(model, fake_quant=True)
 
 
 def converted(model: nn.Module) -> nn.Module:

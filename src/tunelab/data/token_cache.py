@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from itertools import chain
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tunelab.data.text import TokenizedDataset, tokenize
-from tunelab.io import cache_dir
+from tunelab.io import cache_dir, store_cache_entry
 
 FORMAT = 1
 
@@ -86,10 +85,4 @@ def _write(path: Path, encodings: dict[str, list], truncated: int) -> None:
     offsets[1:] = torch.tensor(lengths, dtype=torch.int64).cumsum(0)
     tensors = {name: torch.tensor(list(chain.from_iterable(ids)), dtype=torch.int32) for name, ids in encodings.items()}
     tensors |= {"offsets": offsets, "truncated": torch.tensor(truncated)}
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes may race to write it
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, temporary)
-        temporary.replace(path)
-    except OSError:  # a full or read-only cache costs the next run its tokenising, nothing more
-        temporary.unlink(missing_ok=True)
+    store_cache_entry(path, lambda temporary: save_file(tensors, temporary))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
+from tunelab.compress.quantize import quantizers_paused
 from tunelab.engine.data_loading import in_dataset_order
 from tunelab.evaluate.fairness import group_metrics
 from tunelab.evaluate.metrics import classification_metrics
@@ -40,22 +39,6 @@ def balanced_weights(label_ids: list[int], num_labels: int) -> torch.Tensor:
     return counts.sum() / (num_labels * counts)
 
 
-@contextmanager
-def observers_paused(model):
-    """Quantization-aware models keep observing activations in eval mode: a measurement must not
-    move their ranges (nor let validation rows calibrate them), so observers pause while it reads."""
-    from torch.ao.quantization import FakeQuantizeBase
-
-    paused = [m for m in model.modules() if isinstance(m, FakeQuantizeBase) and m.observer_enabled[0] == 1]
-    for module in paused:
-        module.disable_observer()
-    try:
-        yield
-    finally:
-        for module in paused:
-            module.enable_observer()
-
-
 @torch.inference_mode()
 def collect_logits(
     model, loader, accelerator, advance=None, read_logits=output_logits
@@ -64,7 +47,7 @@ def collect_logits(
     from the model's output (or from elsewhere, such as the old head beside it)."""
     model.eval()
     all_logits, all_labels = [], []
-    with observers_paused(model):
+    with quantizers_paused(model):  # quantization-aware models keep observing in eval mode
         for batch in loader:
             logits = read_logits(model(**model_inputs(batch))).float()
             logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))

@@ -23,7 +23,6 @@ import hashlib
 import importlib.metadata
 import inspect
 import json
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import tunelab
-from tunelab.io import cache_dir
+from tunelab.io import cache_dir, store_cache_entry
 
 FORMAT = 1
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "numpy", "scikit-learn", "fairlearn", "safetensors")
@@ -72,7 +71,7 @@ class Remembered:
             return found
         value = measure()
         self.from_cache[name] = False
-        _store(path, value, write)
+        store_cache_entry(path, lambda temporary: write(temporary, value))
         return value
 
     def _key(self, name: str, loaders: dict, extra) -> str:
@@ -150,16 +149,6 @@ def _everywhere(found: bool, accelerator) -> bool:
     if accelerator.num_processes == 1:
         return found
     return bool(accelerator.gather(torch.tensor([found], device=accelerator.device)).all())
-
-
-def _store(path: Path, value, write) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(temporary, value)
-        temporary.replace(path)
-    except (OSError, SafetensorError):  # a full or read-only cache costs the next run a measurement, no more
-        temporary.unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> dict | None:
