@@ -3,9 +3,11 @@ that survives a kill and is shared by two processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,8 +15,6 @@ import time
 import optuna
 import pytest
 import yaml
-from optuna.exceptions import StorageInternalError
-from sqlalchemy.exc import OperationalError
 
 from tunelab.cli import main
 from tunelab.config import SearchRange, validate
@@ -47,6 +47,16 @@ def write(tmp_path, config: dict, name: str = "tune"):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def trial_states(database) -> list[str]:
+    """The states of a study's trials, read without writing: a watcher that opened the database
+    through Optuna would race the worker to create its tables."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=60)) as db:
+            return [state for (state,) in db.execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.OperationalError:  # not created yet, or its tables not yet
+        return []
 
 
 def study_of(folder) -> optuna.Study:
@@ -135,13 +145,8 @@ def test_a_killed_study_continues_and_loses_no_trial(tmp_path):
             if time.time() > deadline or first.poll() is not None:
                 first.kill()
                 pytest.fail(f"the study never reached three trials and a fourth running:\n{log.name}")
-            if not (output / "study.db").exists():
-                continue
-            try:
-                states = [t.state for t in study_of(output).get_trials(deepcopy=False)]
-            except (KeyError, OperationalError, StorageInternalError):  # being created, the study not yet
-                continue
-            if states.count(optuna.trial.TrialState.COMPLETE) >= 3 and states[-1].name == "RUNNING":
+            states = trial_states(output / "study.db")
+            if states.count("COMPLETE") >= 3 and states[-1] == "RUNNING":
                 break
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
@@ -165,22 +170,15 @@ def test_a_killed_study_continues_and_loses_no_trial(tmp_path):
     assert retried and retried[0].params == dead.params and retried[0].state.name == "COMPLETE"
 
 
-def finished_trials(storage: str) -> int:
-    try:
-        study = optuna.load_study(study_name="tunelab", storage=storage)
-    except (KeyError, OperationalError):  # not created yet
-        return 0
-    return len([t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")])
-
-
 def test_two_processes_share_one_study(tmp_path):
     config_path = write(tmp_path, quick(tmp_path))
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    database = tmp_path / "shared.db"
+    storage = f"sqlite:///{database}"
     logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]  # noqa: SIM115
     try:
         first = tune_process(config_path, tmp_path / "out0", 10, storage, logs[0])
         deadline = time.time() + 600
-        while finished_trials(storage) < 1 and time.time() < deadline:
+        while not {"COMPLETE", "PRUNED"} & set(trial_states(database)) and time.time() < deadline:
             time.sleep(0.2)
         second = tune_process(config_path, tmp_path / "out1", 10, storage, logs[1])  # joins mid-study
         codes = [worker.wait(timeout=300) for worker in (first, second)]
@@ -203,3 +201,23 @@ def test_a_folder_holding_another_study_is_refused(tmp_path, capsys):
     assert main(["tune", str(write(tmp_path, TRANSFER)), "--trials", "1", "-o", str(output)]) == 2
     assert "not a tunelab study" in capsys.readouterr().err
     assert (output / "notes.txt").read_text() == "mine"
+
+
+def test_a_worker_that_loses_the_race_to_create_the_tables_opens_the_winners(tmp_path, monkeypatch):
+    from sqlalchemy.exc import IntegrityError
+
+    from tunelab.search import study as study_module
+
+    real, calls = study_module.RDBStorage, []
+
+    def racing(url, **kwargs):  # the first attempt meets the other worker's schema row
+        calls.append(url)
+        if len(calls) == 1:
+            real(url)  # the winner creates the tables...
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(study_module, "RDBStorage", racing)
+    monkeypatch.setattr(study_module.time, "sleep", lambda seconds: None)
+    storage = study_module._storage(f"sqlite:///{tmp_path / 'race.db'}", heartbeat=5)
+    assert len(calls) == 2 and storage.heartbeat_interval == 5  # ...and the loser opened them

@@ -14,7 +14,7 @@ import time
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tunelab.engine.callbacks import Callback
 
@@ -37,8 +37,9 @@ def open_study(url: str, tune, metric: str, seed: int, name: str = STUDY_NAME) -
 
 
 def _storage(url: str, heartbeat: int, attempts: int = 5) -> RDBStorage:
-    """The database; two workers starting at once on a new one may race to create its tables, and
-    the loser simply opens what the winner made."""
+    """The database; two processes starting at once on a new one may race to create its tables (the
+    loser sees a locked database or a duplicate schema version), and the loser simply opens what the
+    winner made."""
     for attempt in range(attempts):
         try:
             return RDBStorage(
@@ -48,7 +49,7 @@ def _storage(url: str, heartbeat: int, attempts: int = 5) -> RDBStorage:
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
                 engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
             )
-        except OperationalError:
+        except (OperationalError, IntegrityError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 + attempt)
