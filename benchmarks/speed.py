@@ -196,10 +196,19 @@ def accuracy(model, dataset, collate) -> float:
 
 
 def adamw(model, lr: float):
+    """Decay on weights, none on biases and normalisation layers, as Trainer and tunelab do."""
     import torch
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, fused=True)
+    from tunelab.engine.optim import no_decay_names
+
+    skip, groups = no_decay_names(model), ([], [])
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            groups[name in skip].append(parameter)
+    decayed, undecayed = groups
+    return torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": 0.01}, {"params": undecayed, "weight_decay": 0.0}], lr=lr, fused=True
+    )
 
 
 def worker(framework: str, scenario: str, paths: dict) -> dict:
@@ -245,6 +254,7 @@ def warm_up(model, dataset, collate) -> None:
 
     from tunelab.evaluate import model_inputs
 
+    model.eval()  # get_peft_model hands back a model in training mode, whose dropout would draw
     with torch.inference_mode():
         model(**model_inputs(collate([dataset[i] for i in range(BATCH)])))
 
