@@ -14,7 +14,8 @@ and the median of ``--repeats`` is reported. Scenarios:
   length grouping off here, so every framework pads the same batches.
 - ``defaults``: each tool as a user gets it (three epochs, both tools' default; "s per epoch"
   is the mean): tunelab's defaults against Trainer's defaults and Trainer with
-  ``train_sampling_strategy="group_by_length"``.
+  ``train_sampling_strategy="group_by_length"``; repeat k runs every tool with seed k (its head,
+  dropout and order of rows), since accuracy is compared here too.
 - ``startup`` / ``startup-full``: seconds from process start to the first training step of
   tunelab's default text run, with an empty cache and then again with the cache it left, on the
   2,000 sentences and on the whole SST-2 training set.
@@ -330,7 +331,7 @@ def trainer_fit(model, dataset, collate, lr: float, scenario: str, framework: st
     keep = {"remove_unused_columns": False} if scenario == "digits-cnn" else {}
     if scenario == "defaults":  # as a user gets it, with no hub reporting
         extra = {"train_sampling_strategy": "group_by_length"} if framework == "trainer-grouped" else {}
-        arguments = TrainingArguments(folder, report_to="none", **extra, **keep)
+        arguments = TrainingArguments(folder, report_to="none", seed=SEED, **extra, **keep)
         assert arguments.num_train_epochs == epochs
     else:
         arguments = TrainingArguments(
@@ -405,9 +406,10 @@ def run_startup(scenario: str, paths: dict) -> dict:
 # --- the side-by-side driver ------------------------------------------------------------------
 
 
-def run_one(framework: str, scenario: str, paths: dict, cache: Path) -> dict:
+def run_one(framework: str, scenario: str, paths: dict, cache: Path, seed: int) -> dict:
     """One run in a fresh process; its peak RSS is read by that process itself."""
     command = [sys.executable, __file__, "--worker", framework, "--scenario", scenario, "--paths", json.dumps(paths)]
+    command += ["--seed", str(seed)]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TUNELAB_CACHE": str(cache)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
@@ -506,8 +508,11 @@ def main() -> int:
     parser.add_argument("--worker")
     parser.add_argument("--scenario")
     parser.add_argument("--paths")
+    parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args()
     if args.worker:
+        global SEED
+        SEED = args.seed  # the run's seed; the 2,000 rows stay the same draw
         result = worker(args.worker, args.scenario, json.loads(args.paths))
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
@@ -523,8 +528,10 @@ def main() -> int:
             for repeat in range(args.repeats):  # alternating: each repeat runs every framework once
                 # Start-up is timed from an empty cache each repeat; the other scenarios share one.
                 cache = Path(folder) / (f"cache-{scenario}-{repeat}" if scenario.startswith("startup") else "cache")
+                # Defaults are compared on accuracy too, so each repeat there has its own seed.
+                seed = SEED + repeat if scenario == "defaults" else SEED
                 for framework in SCENARIOS[scenario]:
-                    runs[framework].append(run_one(framework, scenario, paths, cache))
+                    runs[framework].append(run_one(framework, scenario, paths, cache, seed))
                     print(f"{scenario} {repeat + 1}/{args.repeats} {framework}: {runs[framework][-1]}", flush=True)
             found["runs"][scenario] = runs
             found["scenarios"][scenario] = {

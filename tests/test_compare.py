@@ -10,7 +10,8 @@ import pytest
 from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.errors import UserError
-from tunelab.recipes.compare import LR_FACTOR, parse_strategies, strategy_config
+from tunelab.rates import STRATEGY_FACTOR
+from tunelab.recipes.compare import parse_strategies, strategy_config
 
 
 def test_compare_runs_each_strategy_and_reports_a_failure_in_its_row(text_config, write_config, tmp_path, capsys):
@@ -48,11 +49,19 @@ def test_compare_runs_each_strategy_and_reports_a_failure_in_its_row(text_config
 
 def test_each_strategy_gets_its_own_rate_and_options(text_config):
     config = validate(text_config | {"compare": {"lr": {"bitfit": 0.5}, "options": {"lora": {"lora": {"r": 3}}}}})
-    assert strategy_config(config, "lora").optim.lr == pytest.approx(text_config["optim"]["lr"] * LR_FACTOR["lora"])
+    given = text_config["optim"]["lr"]
+    assert strategy_config(config, "lora").optim.lr == pytest.approx(given * STRATEGY_FACTOR["lora"])
     assert strategy_config(config, "lora").strategy.lora.r == 3
     assert strategy_config(config, "bitfit").optim.lr == 0.5
     assert strategy_config(config, "partial").strategy.train_last_n_blocks == 2  # partial needs a rule; a default
     assert strategy_config(config, "full").strategy.name == "full"
+    # With no rate given, each run gets its own strategy's default, and the table shows it.
+    unset = validate(text_config | {"optim": {}})
+    for name in ("full", "lora", "ia3"):
+        run = strategy_config(unset, name)
+        assert run.optim.lr is None and run.learning_rate() == pytest.approx(
+            unset.learning_rate() * STRATEGY_FACTOR[name]
+        )
 
 
 def test_bad_strategy_lists_are_one_line(text_config):

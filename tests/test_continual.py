@@ -130,11 +130,13 @@ def test_text_tasks_from_files_replay_through_their_own_heads(tmp_path, tiny_ber
     [
         ({"benchmark": "split-digits", "methods": ["naive", "magic"]}, "'magic' is not a continual method"),
         ({"tasks": []}, "give benchmark: split-digits, or two or more tasks"),
+        ({"benchmark": "split-digits", "optim": {"lr": "auto"}}, "a continual sequence needs a rate"),
     ],
 )
 def test_continual_mistakes_end_with_one_line(tmp_path, capsys, continual, message):
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"model": {"source": "cnn"}, "continual": continual}))
+    optim, continual = continual.get("optim", {}), {key: value for key, value in continual.items() if key != "optim"}
+    path.write_text(yaml.safe_dump({"model": {"source": "cnn"}, "continual": continual, "optim": optim}))
     assert main(["continual", str(path), "-o", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

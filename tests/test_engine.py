@@ -192,6 +192,26 @@ def test_each_optimizer_trains_with_one_cycle(optim, text_config, tmp_path):
     assert not torch.equal(weights[f"bert.{name}"], initial[name])
 
 
+def test_an_unset_rate_follows_the_batch_strategy_and_optimizer(text_config):
+    def rate(**sections) -> float:
+        return validate(patched(text_config | {"optim": {}}, **sections)).learning_rate()
+
+    assert rate(train={"batch_size": 8}) == pytest.approx(5e-5)  # Trainer's rate at its batch
+    assert rate(train={"batch_size": 32}) == pytest.approx(1e-4)  # the square-root rule
+    assert rate(train={"batch_size": 8, "grad_accum_steps": 4}) == pytest.approx(1e-4)  # the batch a step sees
+    assert rate(train={"batch_size": 32}, strategy={"name": "lora"}) == pytest.approx(1e-3)
+    assert rate(train={"batch_size": 32}, optim={"name": "sgd"}) == pytest.approx(1e-2)
+    assert rate(train={"batch_size": 32}, optim={"lr": 3e-5}) == 3e-5  # a given rate is kept as given
+    assert rate(optim={"lr": "auto"}) == "auto"
+
+
+def test_a_run_without_a_rate_trains_at_the_default(text_config, tmp_path):
+    config = patched(text_config | {"optim": {}}, train=SHORT | {"batch_size": 8}, evaluate={"base": False})
+    results, _, records = train(config, tmp_path / "run")
+    assert [group["lr"] for group in results["optimizer_groups"]] == pytest.approx([5e-5, 5e-5])  # decay, no decay
+    assert max(learning_rates(records)) == pytest.approx(5e-5)
+
+
 @pytest.mark.parametrize("name", ["constant", "linear", "cosine", "exponential", "one-cycle"])
 def test_each_schedule_with_warmup_runs(name, text_config, tmp_path):
     schedule = {"name": name, "warmup_steps": 2, "min_lr_ratio": 0.1, "gamma": 0.5}

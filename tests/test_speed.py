@@ -179,7 +179,7 @@ def test_remembered_measurements_are_reused_only_for_the_same_model_data_and_set
 def test_adam_and_adamw_use_the_fused_kernels_on_the_cpu():
     model = torch.nn.Linear(4, 2)
     for name in ("adamw", "adam"):
-        settings = validate({"data": {"train": "x.csv"}, "optim": {"name": name}}).optim
+        settings = validate({"data": {"train": "x.csv"}, "optim": {"name": name}}).optimizer_settings()
         optimizer = build_optimizer([{"params": list(model.parameters()), "lr": 1e-3}], settings)
         assert optimizer.defaults["fused"] is True
 

@@ -79,6 +79,9 @@ def test_the_default_space_sits_around_the_config_and_a_bad_key_is_named():
         "train.epochs": 4,
     }
     assert applied(config, {"optim.lr": 0.05, "strategy.name": "lora"}, "trial").strategy.name == "lora"
+    unset = validate({"data": {"train": "x.csv"}})  # no rate: the space sits around the one it trains at
+    assert default_space(unset)["optim.lr"].low == pytest.approx(1e-5)
+    assert current_values(unset, default_space(unset))["optim.lr"] == pytest.approx(1e-4)
     with pytest.raises(UserError, match="tune.space.optim.lrr"):
         check_space(config, {"optim.lrr": SearchRange(low=1e-4, high=1e-2)})
     with pytest.raises(UserError, match=r"tune.space.strategy.name: 'magic' does not make a valid run"):
@@ -92,7 +95,7 @@ def test_a_study_beats_the_config_as_given_and_prunes_hopeless_trials(tmp_path, 
     assert "the config as given" in out and "ready to run: tunelab train" in out
     summary = json.loads((output / "tune.json").read_text())
     given = summary["config_as_given"]
-    assert given["number"] == 0  # tunelab's defaults (lr 5e-5, 3 epochs) as the first trial
+    assert given["number"] == 0  # tunelab's defaults (its default rate, 3 epochs) as the first trial
     assert summary["best"]["value"] > given["value"] + 0.2
     assert summary["counts"].get("pruned", 0) >= 1
     assert summary["counts"]["complete"] + summary["counts"]["pruned"] == 12

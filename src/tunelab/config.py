@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tunelab.errors import UserError
+from tunelab.rates import default_rate
 
 SUPPORTED_TASKS = ("text-classification", "image-classification")
 PLANNED_TASKS = ("token-classification", "causal-lm", "seq2seq", "image-text")
@@ -233,8 +234,11 @@ class StrategyConfig(Section):
 
 class OptimConfig(Section):
     name: Literal["adamw", "adam", "rmsprop", "sgd"] = "adamw"
-    lr: float | Literal["auto"] = Field(
-        5e-5, description="the learning rate, or auto: a range test on this run's model, strategy and data picks it"
+    lr: float | Literal["auto"] | None = Field(
+        None,
+        description="the learning rate; auto: a range test on this run's model, strategy and data picks it; "
+        "unset: 5e-5 at a batch of 8, times the square root of batch/8, times the strategy's factor "
+        "(1e-4 for full fine-tuning at the default batch of 32, 1e-3 for LoRA)",
     )
     lr_find_start: float = Field(1e-7, gt=0.0, description="the range test's first rate")
     lr_find_end: float = Field(10.0, gt=0.0, description="the range test's last rate")
@@ -548,6 +552,17 @@ class RunConfig(BaseModel):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     distill: DistillConfig | None = None
 
+    def learning_rate(self) -> float | Literal["auto"]:
+        """``optim.lr``, or when unset the default for this strategy, optimizer and effective batch."""
+        if self.optim.lr is not None:
+            return self.optim.lr
+        batch = self.train.batch_size * self.train.grad_accum_steps
+        return default_rate(self.strategy.name, self.optim.name, batch)
+
+    def optimizer_settings(self) -> OptimConfig:
+        """The ``optim`` section with the rate this run trains at."""
+        return self.optim.model_copy(update={"lr": self.learning_rate()})
+
     @model_validator(mode="before")
     @classmethod
     def _continual_data_template(cls, raw: Any) -> Any:
@@ -555,6 +570,12 @@ class RunConfig(BaseModel):
         if isinstance(raw, dict) and "data" not in raw and isinstance(raw.get("continual"), dict):
             return raw | {"data": {"train": "digits"}}
         return raw
+
+    @model_validator(mode="after")
+    def _continual_rate_given(self) -> RunConfig:
+        if self.continual is not None and self.optim.lr == "auto":
+            raise ValueError("optim.lr: auto tests rates on one run's data; a continual sequence needs a rate")
+        return self
 
     @model_validator(mode="after")
     def _one_extra_loss(self) -> RunConfig:

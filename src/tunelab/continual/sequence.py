@@ -98,7 +98,8 @@ class Sequence:
             task.datasets["train"], config.train.batch_size, self.collate, config.seed + index
         )
         strategy = build_strategy(config.strategy)
-        optimizer = build_optimizer(strategy.parameter_groups(self.model, config.optim), config.optim)
+        optim = config.optimizer_settings()
+        optimizer = build_optimizer(strategy.parameter_groups(self.model, optim), optim)
         optimizer, loader = self.accelerator.prepare(optimizer, loader)
         steps_per_epoch = -(-len(loader) // config.train.grad_accum_steps)
         total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs

@@ -26,27 +26,13 @@ from tunelab.config import (
 )
 from tunelab.errors import UserError
 from tunelab.io import read_jsonl, write_atomic, write_json
+from tunelab.rates import HIGHEST_RATE, STRATEGY_FACTOR
 from tunelab.report.compare import rate_text
 from tunelab.report.html import SHOWN_METRICS
 from tunelab.rundir import METRICS, REPORT
 
 COMPARISON = "comparison.json"
 DEFAULT_STRATEGIES = ("full", "partial", "progressive", "discriminative", "bitfit", "lora", "adapter", "ia3")
-# Learning rate relative to optim.lr (the rate for full fine-tuning) when compare.lr names none:
-# methods that train few parameters need larger steps (LoRA and adapters ~10x, BitFit ~10x as in
-# its paper, IA3 and soft prompts far more, as in their papers).
-LR_FACTOR = {
-    "full": 1.0,
-    "partial": 1.0,
-    "progressive": 1.0,
-    "discriminative": 2.0,
-    "bitfit": 10.0,
-    "lora": 10.0,
-    "adapter": 10.0,
-    "ia3": 50.0,
-    "prefix": 100.0,
-    "prompt": 200.0,
-}
 PARTIAL_DEFAULT = {"train_last_n_blocks": 2}
 
 
@@ -76,14 +62,21 @@ def strategy_config(config: RunConfig, name: str) -> RunConfig:
     options = config.compare.options
     raw["strategy"] = _merged(strategy, options.get(name, options.get(strategy_name, {})))
     rates = config.compare.lr
-    # With optim.lr: auto every strategy runs its own range test (LoRA and full want different rates).
-    default_rate = "auto" if config.optim.lr == "auto" else min(10.0, config.optim.lr * LR_FACTOR[strategy_name])
-    raw["optim"]["lr"] = rates.get(name, rates.get(strategy_name, default_rate))
+    raw["optim"]["lr"] = rates.get(name, rates.get(strategy_name, _strategy_rate(config.optim.lr, strategy_name)))
     settings = config.compare.forgetting
     raw["forgetting"] = {"drift": config.forgetting.drift} | {
         method: (getattr(settings, method) or FORGETTING_SECTIONS[method]()).model_dump() for method in methods
     }
     return validate(raw, source=f"compare ({name})")
+
+
+def _strategy_rate(lr: float | str | None, strategy_name: str) -> float | str | None:
+    """optim.lr is the rate for full fine-tuning; the strategy's factor scales it (tunelab.rates).
+    Unset, each run gets its own strategy's default; auto, its own range test (LoRA and full want
+    different rates)."""
+    if lr is None or lr == "auto":
+        return lr
+    return min(HIGHEST_RATE, lr * STRATEGY_FACTOR[strategy_name])
 
 
 def _merged(base: dict, changes: dict) -> dict:
@@ -104,7 +97,7 @@ def run_compare(config: RunConfig, names: list[str], output: Path, console: Cons
         run_config = configs[name]
         config_file = output / "configs" / f"{name}.yaml"
         write_atomic(config_file, dump_config(run_config))
-        title = f"[bold]{index}/{len(names)}[/] {name} (lr {rate_text(run_config.optim.lr)})"
+        title = f"[bold]{index}/{len(names)}[/] {name} (lr {rate_text(run_config.learning_rate())})"
         if progress:
             console.print(title)
             with console.status(f"{title}: training and evaluating in its own process ..."):
@@ -127,7 +120,7 @@ def _run_one(name: str, run_config: RunConfig, config_file: Path, run_dir: Path)
     started = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    row = {"strategy": name, "lr": run_config.optim.lr, "run_dir": str(run_dir), "wall_seconds": wall}
+    row = {"strategy": name, "lr": run_config.learning_rate(), "run_dir": str(run_dir), "wall_seconds": wall}
     if finished.returncode != 0 and not finished.stdout.strip().startswith("{"):
         return row | {"error": _error_line(finished.stderr)}
     results = json.loads(finished.stdout)

@@ -288,7 +288,7 @@ def prepare_run(config: RunConfig, accelerator, warn) -> PreparedRun:
             "batch-norm statistics are computed per process under DDP, so results differ "
             "from one process; set strategy.freeze_norm_stats: true to keep them identical"
         )
-    optim = config.optim.model_copy(update={"lr": 1.0}) if config.optim.lr == "auto" else config.optim
+    optim = config.optim.model_copy(update={"lr": 1.0}) if config.optim.lr == "auto" else config.optimizer_settings()
     optimizer = build_optimizer(strategy.parameter_groups(model, optim), optim)
     groups = [
         {"name": group["name"], "lr": group["lr"], "parameters": sum(p.numel() for p in group["params"])}

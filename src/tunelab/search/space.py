@@ -12,7 +12,7 @@ from tunelab.errors import UserError
 def default_space(config: RunConfig) -> dict[str, SearchRange]:
     """Around the config's own values: the rate a decade either side (or 1e-5..1e-2 for auto),
     weight decay 0..0.1, warmup 0..20% of the steps, half to twice the epochs."""
-    lr = config.optim.lr
+    lr = config.learning_rate()
     low, high = (1e-5, 1e-2) if lr == "auto" else (lr / 10, min(10.0, lr * 10))
     epochs = config.train.epochs
     space = {
@@ -50,6 +50,7 @@ def current_values(config: RunConfig, space: dict[str, SearchRange]) -> dict | N
     """The config's own value for each key, if every one lies in the space (to enqueue it as the
     study's first trial, so the table shows whether tuning beat it)."""
     raw = config.model_dump(mode="json")
+    raw["optim"]["lr"] = config.learning_rate()  # the rate it trains at, when optim.lr is unset
     values = {}
     for key, found in space.items():
         node = raw
