@@ -501,6 +501,7 @@ def machine() -> dict:
 
 
 def main() -> int:
+    global SEED  # a worker's runs use the seed it was given
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=2000)
@@ -511,7 +512,6 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args()
     if args.worker:
-        global SEED
         SEED = args.seed  # the run's seed; the 2,000 rows stay the same draw
         result = worker(args.worker, args.scenario, json.loads(args.paths))
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
