@@ -201,16 +201,9 @@ def adamw(model, lr: float):
     """Decay on weights, none on biases and normalisation layers, as Trainer and tunelab do."""
     import torch
 
-    from tunelab.engine.optim import no_decay_names
+    from tunelab.engine.optim import decay_groups
 
-    skip, groups = no_decay_names(model), ([], [])
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            groups[name in skip].append(parameter)
-    decayed, undecayed = groups
-    return torch.optim.AdamW(
-        [{"params": decayed, "weight_decay": 0.01}, {"params": undecayed, "weight_decay": 0.0}], lr=lr, fused=True
-    )
+    return torch.optim.AdamW(decay_groups(model, lr, weight_decay=0.01), lr=lr, fused=True)
 
 
 def worker(framework: str, scenario: str, paths: dict) -> dict:

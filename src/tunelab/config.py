@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tunelab.errors import UserError
-from tunelab.rates import default_rate
+from tunelab.rates import HIGHEST_RATE, default_rate
 
 SUPPORTED_TASKS = ("text-classification", "image-classification")
 PLANNED_TASKS = ("token-classification", "causal-lm", "seq2seq", "image-text")
@@ -195,7 +195,9 @@ class StrategyConfig(Section):
     layer_lr_decay: float | None = Field(
         None, gt=0.0, le=1.0, description="lr factor per block from the head down (discriminative: 0.8 if unset)"
     )
-    head_lr: float | None = Field(None, gt=0.0, le=10.0, description="learning rate of the head (default: optim.lr)")
+    head_lr: float | None = Field(
+        None, gt=0.0, le=HIGHEST_RATE, description="learning rate of the head (default: optim.lr)"
+    )
     lr_groups: dict[str, float] = Field(
         default_factory=dict, description="explicit rates: parameter-name glob pattern -> lr (first match wins)"
     )
@@ -226,7 +228,7 @@ class StrategyConfig(Section):
     @field_validator("lr_groups")
     @classmethod
     def _rates_positive(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = [pattern for pattern, rate in value.items() if not 0.0 < rate <= 10.0]
+        bad = [pattern for pattern, rate in value.items() if not 0.0 < rate <= HIGHEST_RATE]
         if bad:
             raise ValueError(f"each rate must be in (0, 10]; not so for '{bad[0]}'")
         return value
@@ -252,7 +254,7 @@ class OptimConfig(Section):
     @field_validator("lr")
     @classmethod
     def _rate_in_range(cls, value: float | str) -> float | str:
-        if isinstance(value, float | int) and not 0.0 < value <= 10.0:
+        if isinstance(value, float | int) and not 0.0 < value <= HIGHEST_RATE:
             raise ValueError("must be in (0, 10], or auto")
         return value
 

@@ -53,6 +53,10 @@ class Remembered:
     def model_digest(self) -> str:
         return model_digest(self.model)
 
+    @functools.cached_property
+    def model_code_digest(self) -> str | None:
+        return _source_digest(type(self.model))
+
     def scores(self, name: str, loaders: dict, extra, measure: Callable[[], dict]) -> dict:
         """``measure()``'s scores of ``loaders``; ``extra`` is whatever else they depend on (JSON)."""
         return self._remembered(name, loaders, extra, measure, ".json", _read_json, _write_json)
@@ -78,7 +82,7 @@ class Remembered:
         accelerator = self.accelerator
         settings = {
             "format": FORMAT, "measurement": name, "extra": extra, "context": self.context, "code": code_digest(),
-            "model_code": _source_digest(type(self.model)), "versions": {name: _version(name) for name in LIBRARIES},
+            "model_code": self.model_code_digest, "versions": {name: _version(name) for name in LIBRARIES},
             "device": accelerator.device.type,
             "mixed_precision": str(accelerator.mixed_precision), "process": accelerator.process_index,
             "processes": accelerator.num_processes,

@@ -7,13 +7,14 @@ import copy
 
 from tunelab.config import RunConfig, SearchRange, set_key, validate
 from tunelab.errors import UserError
+from tunelab.rates import HIGHEST_RATE
 
 
 def default_space(config: RunConfig) -> dict[str, SearchRange]:
     """Around the config's own values: the rate a decade either side (or 1e-5..1e-2 for auto),
     weight decay 0..0.1, warmup 0..20% of the steps, half to twice the epochs."""
     lr = config.learning_rate()
-    low, high = (1e-5, 1e-2) if lr == "auto" else (lr / 10, min(10.0, lr * 10))
+    low, high = (1e-5, 1e-2) if lr == "auto" else (lr / 10, min(HIGHEST_RATE, lr * 10))
     epochs = config.train.epochs
     space = {
         "optim.lr": SearchRange(low=low, high=high, log=True),
