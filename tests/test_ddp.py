@@ -32,10 +32,10 @@ LAUNCH_TIMEOUT = 300  # a hang (a collective waiting on a process that went anot
 def ddp_config(text_config, write_config):
     config = text_config | {
         "model": text_config["model"] | {"dropout": 0.0},
-        "optim": {"lr": 1e-2},
+        "optim": {"lr": 3e-3},
         # Evaluating every epoch also exercises the best-weights checkpoint (written by rank 0,
         # read back by every rank at the end).
-        "train": text_config["train"] | {"epochs": 4, "batch_size": 8, "eval_batch_size": 16, "log_every": 2},
+        "train": text_config["train"] | {"epochs": 10, "batch_size": 8, "eval_batch_size": 16, "log_every": 2},
     }
     return write_config(config)
 
@@ -69,7 +69,7 @@ def test_two_processes_match_one(ddp_config, tmp_path):
     one = json.loads((single_dir / RESULTS).read_text())
     two = json.loads((ddp_dir / RESULTS).read_text())
     assert (one["processes"], two["processes"]) == (1, 2)
-    assert one["steps"] == two["steps"] == 4 * 64 // 8
+    assert one["steps"] == two["steps"] == 10 * 64 // 8
     assert one["examples"] == two["examples"]
     assert one["best"]["step"] == two["best"]["step"]
     assert one["final"]["validation"]["accuracy"] > 0.6  # it learned: the comparison is not of two idle models
@@ -209,7 +209,7 @@ def test_progressive_unfreezing_under_two_processes_matches_one(text_config, wri
     later must still be averaged across processes, and every process must agree on the stage."""
     config = text_config | {
         "model": text_config["model"] | {"dropout": 0.0},
-        "optim": {"lr": 1e-2},
+        "optim": {"lr": 3e-3},
         "strategy": {"name": "progressive", "progressive": {"unit": "step", "every": 3}},
         "train": text_config["train"] | {"epochs": 2, "batch_size": 8, "log_every": 2, "load_best_at_end": False},
     }

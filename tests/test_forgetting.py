@@ -123,6 +123,22 @@ def test_lwf_with_a_copy_of_the_model_as_teacher_starts_at_zero():
     assert loss.last["lwf"].item() > 1e-4
 
 
+def test_a_head_tap_hooks_the_head_only_while_it_is_used():
+    """Training passes run with no hook on the head (a hook costs every forward pass)."""
+    model = TwoLayers()
+    tap = HeadTap(model, nn.Linear(6, 3))
+    assert not model.head._forward_hooks
+    with tap:
+        with tap:
+            model(torch.randn(2, 4))
+        assert tap.features.shape == (2, 6) and tap.old_logits.shape == (2, 3)
+        assert len(model.head._forward_hooks) == 1  # nested use keeps it until the outer one ends
+    assert not model.head._forward_hooks
+    tap.features = None
+    model(torch.randn(2, 4))
+    assert tap.features is None
+
+
 def test_the_fisher_is_zero_where_the_old_head_does_not_look():
     torch.manual_seed(0)
     model = TwoLayers()

@@ -400,6 +400,28 @@ def test_a_batch_that_gives_inf_is_skipped_and_counted(capsys, monkeypatch, tmp_
     assert all(math.isfinite(record["loss"]) for record in logged)
 
 
+def test_the_logged_loss_is_the_mean_over_the_steps_taken(capsys, monkeypatch, tmp_path):
+    """Two of 15 steps are skipped, so the run never reaches its 15th step: the losses of the 13
+    taken are still logged, once the run ends, and the skipped steps' are not among them."""
+    poison(monkeypatch, {3: "input", 7: "loss"}.get)
+    poisoned, losses = train_recipe.classification_loss, []
+
+    def recorded(model, batch):
+        loss = poisoned(model, batch)
+        losses.append(float(loss.detach()))
+        return loss
+
+    monkeypatch.setattr(train_recipe, "classification_loss", recorded)
+    config = cnn_config(epochs=1, checkpoint_every=None, log_every=STEPS_PER_EPOCH, eval_every="epoch")
+    code, err = run_cli(capsys, "train", write_yaml(tmp_path / "run.yaml", config), "-o", tmp_path / "run", "-q")
+    assert code == 0, err
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    [line] = [record for record in logged if record["type"] == "train"]
+    taken = [value for call, value in enumerate(losses, 1) if call not in (3, 7)]
+    assert len(losses) == STEPS_PER_EPOCH and line["step"] == len(taken) == STEPS_PER_EPOCH - 2
+    assert line["loss"] == pytest.approx(sum(taken) / len(taken), rel=1e-5)
+
+
 def test_too_many_non_finite_steps_stop_the_run_keeping_the_last_good_weights(capsys, monkeypatch, tmp_path):
     good = 7
     poison(monkeypatch, lambda call: "input" if call > good else None)

@@ -18,13 +18,14 @@ pytestmark = [
 
 
 def test_minilm_learns_sst2_sentiment(tmp_path):
-    """300 sentences, one epoch: far from the example's 85%+, but clearly above chance."""
+    """640 sentences, one epoch (40 steps): far from the example's 85%, but clearly above chance. With 20
+    steps the result moved by 0.2 with the seed (0.56 to 0.78 over three), too little to test on."""
     config = load_config(
         EXAMPLE,
         [
             f"data.train={SST2 / 'train.tsv'}",
             f"data.validation={SST2 / 'dev.tsv'}",
-            "data.max_train_examples=320",
+            "data.max_train_examples=640",
             "data.max_eval_examples=200",
             "train.batch_size=16",
             "evaluate.max_train_examples=100",

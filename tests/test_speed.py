@@ -13,7 +13,7 @@ from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.data.text import TokenizedDataset
 from tunelab.data.token_cache import cached_tokenize
-from tunelab.engine.data_loading import EpochShuffleSampler, eval_loader, train_loader
+from tunelab.engine.data_loading import EpochShuffleSampler, eval_loader, megabatch_rows, train_loader
 from tunelab.engine.optim import build_optimizer
 from tunelab.evaluate import collect_logits
 from tunelab.evaluate.remembered import Remembered
@@ -42,6 +42,24 @@ def test_length_grouped_batches_hold_like_lengths_and_every_row_once():
     assert list(grouped) == order  # the order is (seed, epoch)'s alone
     grouped.set_epoch(2)
     assert list(grouped) != order
+
+
+@pytest.mark.parametrize("rows", [330, 2000])
+def test_length_grouped_batches_come_in_random_order_the_longest_first(rows):
+    """Sorted megabatches alone would run from long rows to short ones; the batches are drawn in
+    a random order instead (the longest first, a partial one last), at least four megabatches."""
+    dataset = ragged(rows, seed=1)
+    lengths = [len(ids) for ids in dataset.encodings["input_ids"]]
+    order = list(EpochShuffleSampler(rows, seed=0, lengths=lengths, batch_size=16))
+    assert sorted(order) == list(range(rows))
+    batches = [order[start : start + 16] for start in range(0, rows, 16)]
+    longest = [max(lengths[i] for i in batch) for batch in batches]
+    assert longest[0] == max(lengths)
+    full = longest[: rows // 16]
+    falls = sum(later < earlier for earlier, later in zip(full, full[1:], strict=False))
+    assert 0.2 < falls / (len(full) - 1) < 0.8  # no long sweep down (nor up)
+    assert all(max(lengths[i] for i in batch) - min(lengths[i] for i in batch) < 20 for batch in batches[:-1])
+    assert megabatch_rows(rows, 16) * 4 <= rows
 
 
 def test_train_loader_groups_text_only_when_asked():
@@ -207,6 +225,41 @@ def test_the_loop_steps_the_optimizer_itself_and_the_schedule_follows_it(text_co
     rates = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if '"lr"' in line]  # fmt: skip
     assert rates and rates[-1] < rates[0] + 1e-12  # the linear decay ran
+
+
+def test_the_direct_step_calls_do_what_accelerates_do():
+    """The loop backpropagates, clips and steps without Accelerate's wrappers where those add only
+    cost: the gradients, the norm and the clipped gradients are Accelerate's own."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from tunelab.engine.lean import backward_pass, gradient_clipper, stepped_optimizer
+    from tunelab.recipes.runtime import make_accelerator
+
+    train = validate({"data": {"train": "x.csv"}, "train": {"grad_accum_steps": 2}}).train
+    accelerator = make_accelerator(train)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    inputs, labels = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    found = {}
+    for name, backward, clip in (
+        ("accelerate", accelerator.backward, accelerator.clip_grad_norm_),
+        ("direct", backward_pass(accelerator, 2), gradient_clipper(accelerator)),
+    ):
+        model.zero_grad()
+        backward(torch.nn.functional.cross_entropy(model(inputs), labels) * 10)
+        unclipped = [p.grad.clone() for p in model.parameters()]
+        found[name] = (unclipped, clip(list(model.parameters()), 0.1), [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(found["direct"], found["accelerate"])
+    assert found["direct"][1] > 0.1  # the clip did clip
+    optimizer = accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert type(stepped_optimizer(optimizer, accelerator)) is torch.optim.SGD
+    # With fp16's gradient scaler (or DeepSpeed, XLA) Accelerate's own calls do the work.
+    scaled = SimpleNamespace(scaler=object(), distributed_type=DistributedType.NO, backward=print, clip_grad_norm_=len)
+    assert (backward_pass(scaled, 1), gradient_clipper(scaled), stepped_optimizer(optimizer, scaled)) == (
+        print, len, optimizer,
+    )  # fmt: skip
 
 
 def test_start_up_time_counts_from_the_process_start_not_from_importing_tunelab():

@@ -26,8 +26,9 @@ from tunelab.continual.tasks import Task
 from tunelab.data.collate import make_collate
 from tunelab.engine.callbacks import ProgressBar
 from tunelab.engine.data_loading import OnDevice, eval_loader, to_device, train_loader
+from tunelab.engine.lean import stepped_optimizer
 from tunelab.engine.loop import fit
-from tunelab.engine.optim import build_optimizer, stepped_optimizer
+from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
 from tunelab.evaluate import evaluate_split, model_inputs, output_logits
 from tunelab.forgetting.regularizers import WeightPull, diagonal_fisher, distillation_loss

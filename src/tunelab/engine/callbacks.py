@@ -30,8 +30,8 @@ class TrainState:
     best_step: int | None = None
     skipped_steps: int = 0  # optimizer steps dropped for non-finite gradients
     consecutive_skips: int = 0
-    running_loss: object = 0.0  # loss sum and count since the last log line (tensors while training)
-    running_count: object = 0
+    running_loss: object = 0.0  # loss sum (a tensor while training) and micro-batch count since the last log line
+    running_count: int = 0
 
     CHECKPOINTED = (
         "step",

@@ -14,14 +14,23 @@ import os
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-# As Hugging Face's LengthGroupedSampler: a random draw of this many batches is sorted by length,
-# so batches stay random in which rows they hold while their rows are of like length.
+# As Hugging Face's LengthGroupedSampler: a random draw of this many batches (fewer for small data,
+# so an epoch has at least MIN_MEGABATCHES draws) is sorted by length, so batches stay random in
+# which rows they hold while their rows are of like length.
 MEGABATCH_BATCHES = 50
+MIN_MEGABATCHES = 4
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A fresh permutation each epoch, from a generator seeded with seed + epoch; with ``lengths``,
-    each run of ``batch_size * MEGABATCH_BATCHES`` rows of that permutation is sorted longest first."""
+    """A fresh permutation each epoch, from a generator seeded with seed + epoch.
+
+    With ``lengths``, batches of like length (``batch_size``: the rows of one optimizer step).
+    Each megabatch (a run of the permutation, see ``megabatch_rows``) is sorted longest first and
+    cut into batches, and the full batches are then drawn in a random order, the one holding the
+    longest row first (memory runs out at once, if it will) and a last partial batch last. Hugging
+    Face's sampler stops after the sort, so within each megabatch training sweeps from its longest
+    sentences to its shortest, every epoch (the whole epoch, when it is one megabatch).
+    """
 
     def __init__(self, size: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1):
         self.size, self.seed, self.epoch = size, seed, 0
@@ -35,21 +44,45 @@ class EpochShuffleSampler(Sampler[int]):
         order = torch.randperm(self.size, generator=generator).tolist()
         if self.lengths is None:
             return iter(order)
-        span = self.batch_size * MEGABATCH_BATCHES
+        span = megabatch_rows(self.size, self.batch_size)
+        starts = list(range(0, self.size, span))
+        if len(starts) > 1 and self.size - starts[-1] < span // 2:
+            starts.pop()  # a short last megabatch joins the one before: its batches would mix lengths
         grouped = []
-        for start in range(0, len(order), span):
-            grouped += sorted(order[start : start + span], key=lambda row: -self.lengths[row])
-        return iter(grouped)
+        for start, end in zip(starts, starts[1:] + [self.size], strict=True):
+            grouped += sorted(order[start:end], key=lambda row: -self.lengths[row])
+        size = self.batch_size
+        batches = [grouped[start : start + size] for start in range(0, len(grouped), size)]
+        partial = [batches.pop()] if batches and len(batches[-1]) < size else []
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        if batches:  # a batch's first row is its longest
+            longest = max(range(len(batches)), key=lambda i: self.lengths[batches[i][0]])
+            batches.insert(0, batches.pop(longest))
+        return iter([row for batch in batches + partial for row in batch])
 
     def __len__(self) -> int:
         return self.size
 
 
+def megabatch_rows(size: int, batch_size: int) -> int:
+    """Rows sorted together: ``MEGABATCH_BATCHES`` batches, or fewer so that an epoch has at least
+    ``MIN_MEGABATCHES`` of them (at least one batch), as Hugging Face's sampler."""
+    return batch_size * max(1, min(MEGABATCH_BATCHES, size // (batch_size * MIN_MEGABATCHES)))
+
+
 def train_loader(
-    dataset: Dataset, batch_size: int, collate, seed: int, group_by_length: bool = False, **loading
+    dataset: Dataset,
+    batch_size: int,
+    collate,
+    seed: int,
+    group_by_length: bool = False,
+    accumulation_steps: int = 1,
+    **loading,
 ) -> tuple[DataLoader, EpochShuffleSampler]:
+    """Shuffled batches; grouped by length, the rows of one optimizer step (``accumulation_steps``
+    batches) are grouped as one, so accumulating two batches of 8 trains on the rows one of 16 would."""
     lengths = token_lengths(dataset) if group_by_length else None
-    sampler = EpochShuffleSampler(len(dataset), seed, lengths, batch_size)
+    sampler = EpochShuffleSampler(len(dataset), seed, lengths, batch_size * accumulation_steps)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate, **loading), sampler
 
 

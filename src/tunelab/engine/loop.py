@@ -6,6 +6,7 @@ steps, and asks ``evaluate`` for validation metrics at the configured interval.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tunelab.config import TrainConfig
 from tunelab.engine.callbacks import Callback, TrainState
 from tunelab.engine.checkpoint import restore_rng
-from tunelab.engine.optim import stepped_optimizer
+from tunelab.engine.lean import backward_pass, gradient_clipper, stepped_optimizer
 
 
 def fit(
@@ -55,10 +56,17 @@ def fit(
     buffers_before_step = [buffer.clone() for buffer in buffers]
     step_starts = True
     stepped = stepped_optimizer(optimizer, accelerator)
+    backward = backward_pass(accelerator, config.grad_accum_steps)
+    clip = gradient_clipper(accelerator)
+    # Accelerate decides when micro-batches end a step; without accumulation every one does.
+    accumulating = config.grad_accum_steps > 1
     fire("on_train_start", state, model, optimizer)
-    # Kept as tensors in the state so the hot path never waits on the device; read at log time.
-    state.running_loss = running_loss = torch.tensor(float(state.running_loss), device=accelerator.device)
-    state.running_count = running_count = torch.tensor(int(state.running_count), device=accelerator.device)
+    # The loss of the steps taken, kept on the device so the hot path never waits on it; read at log
+    # time. A step's micro-batch losses join it once the step is taken (a skipped step leaves none).
+    state.running_loss = torch.tensor(float(state.running_loss), device=accelerator.device)
+    state.running_count = int(state.running_count)
+    step_loss, step_batches = None, 0
+    step_lr = optimizer.param_groups[0]["lr"]
 
     for epoch in range(state.epoch, math.ceil(total / steps_per_epoch)):
         if state.should_stop or state.step >= total:
@@ -87,20 +95,23 @@ def fit(
             if step_starts:
                 _copy(buffers, buffers_before_step)
                 step_starts = False
-            with accelerator.accumulate(model):
+            with accelerator.accumulate(model) if accumulating else contextlib.nullcontext():
                 loss = loss_fn(model, batch)
-                accelerator.backward(loss)
-                skipped = False
-                if accelerator.sync_gradients:
+                backward(loss)
+                sync = accelerator.sync_gradients or not accumulating
+                if sync:
                     fire("on_before_optimizer_step", state, model)
-                    skipped = not _optimizer_step(accelerator, stepped, parameters, config)
+                    skipped = not _optimizer_step(accelerator, stepped, clip, parameters, config)
                     stepped.zero_grad(set_to_none=True)
-            finite = torch.isfinite(loss.detach())
-            running_loss += torch.where(finite, loss.detach(), 0.0)
-            running_count += finite.long()
-            if not accelerator.sync_gradients:
+            step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+            step_batches += 1
+            if not sync:
                 continue
             step_starts = True
+            if not skipped:
+                state.running_loss += step_loss
+                state.running_count += step_batches
+            step_loss, step_batches = None, 0
             if skipped:
                 _copy(buffers_before_step, buffers)
                 _count_skip(state, config)
@@ -113,10 +124,7 @@ def fit(
             scheduler.step()
             state.step += 1
             if state.step % config.log_every == 0 or state.step == total:
-                mean_loss = accelerator.reduce(running_loss / running_count.clamp(min=1), reduction="mean").item()
-                fire("on_log", state, {"step": state.step, "epoch": epoch, "loss": mean_loss, "lr": step_lr})
-                running_loss.zero_()
-                running_count.zero_()
+                _log(accelerator, state, fire, step_lr)
             if isinstance(config.eval_every, int) and state.step % config.eval_every == 0:
                 fire("on_evaluate", state, evaluate())
                 train_mode(model)
@@ -127,18 +135,28 @@ def fit(
             fire("on_evaluate", state, evaluate())
         fire("on_epoch_end", state)
         state.batches_into_epoch = 0
+    if state.running_count:  # steps since the last log line, in a run that ended early or skipped steps
+        _log(accelerator, state, fire, step_lr)
     fire("on_train_end", state, model)
     return state
 
 
-def _optimizer_step(accelerator, optimizer, parameters, config: TrainConfig) -> bool:
+def _log(accelerator, state: TrainState, fire, lr: float) -> None:
+    """The mean loss since the last log line (over every process), then a fresh count."""
+    mean_loss = accelerator.reduce(state.running_loss / max(state.running_count, 1), reduction="mean").item()
+    fire("on_log", state, {"step": state.step, "epoch": state.epoch, "loss": mean_loss, "lr": lr})
+    state.running_loss.zero_()
+    state.running_count = 0
+
+
+def _optimizer_step(accelerator, optimizer, clip, parameters, config: TrainConfig) -> bool:
     """Clip, then step unless the gradients are not finite. Returns whether the step was taken.
 
     The decision rests on the gradient norm, which is the same on every process after the
     all-reduce, so processes never disagree. Under fp16 the gradient scaler skips and lowers
     its scale itself, so the step is always handed to it.
     """
-    norm = accelerator.clip_grad_norm_(parameters, config.max_grad_norm or math.inf)
+    norm = clip(parameters, config.max_grad_norm or math.inf)
     finite = norm is None or bool(torch.isfinite(norm))
     if finite or accelerator.scaler is not None:
         optimizer.step()
@@ -163,8 +181,15 @@ def _count_skip(state: TrainState, config: TrainConfig) -> None:
 
 
 def _dispatcher(callbacks: list[Callback]):
+    """``fire(event, ...)`` calls each callback's handler of the event, skipping Callback's no-op
+    defaults (two events fire every step, and most callbacks handle neither)."""
+    handlers: dict[str, list] = {}
+
     def fire(event: str, *args) -> None:
-        for callback in callbacks:
-            getattr(callback, event)(*args)
+        if event not in handlers:
+            default = getattr(Callback, event)
+            handlers[event] = [getattr(c, event) for c in callbacks if getattr(type(c), event, None) is not default]
+        for handler in handlers[event]:
+            handler(*args)
 
     return fire

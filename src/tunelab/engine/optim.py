@@ -78,18 +78,3 @@ def _fusable(groups: list[dict]) -> bool:
     CPU for MiniLM's 22M weights); they take floating-point parameters on the CPU or a GPU."""
     parameters = [p for group in groups for p in group["params"]]
     return bool(parameters) and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in parameters)
-
-
-def stepped_optimizer(optimizer, accelerator):
-    """What the loop steps and the schedule follows: the optimizer Accelerate wrapped, wherever its
-    wrapper adds nothing but cost. Without a gradient scaler (fp16) or XLA its ``step`` only looks
-    twice for an optional package on disk (LOMO) and its ``zero_grad`` inspects a signature: 0.3 ms
-    a step, a tenth of the digits CNN's. The loop zeroes gradients at sync steps only, as it would.
-    Only the launches tunelab runs (one device, DDP, FSDP) qualify: DeepSpeed and XLA step inside
-    the wrapper."""
-    from accelerate.utils import DistributedType
-
-    plain = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.FSDP)
-    if accelerator.scaler is not None or accelerator.distributed_type not in plain:
-        return optimizer
-    return getattr(optimizer, "optimizer", optimizer)

@@ -1,9 +1,10 @@
 """The base model's own head, kept beside the new one while the model learns a new task.
 
-``HeadTap`` hooks the model's head module: when active, every forward pass also records the head's
-input (the features, for drift) and, given the old head, the old task's logits on those features.
-A hook keeps the model as it is (its forward, its saved weights, DDP's view of it): the old head is
-frozen and not part of the model.
+``HeadTap`` hooks the model's head module while active (``with tap:``): every forward pass then also
+records the head's input (the features, for drift) and, given the old head, the old task's logits
+on those features. A hook keeps the model as it is (its forward, its saved weights, DDP's view of
+it): the old head is frozen and not part of the model. Outside ``with`` no hook is attached, so
+training passes that need neither pay nothing for it.
 """
 
 from __future__ import annotations
@@ -55,18 +56,17 @@ def _inner(model: nn.Module) -> nn.Module:
 
 
 class HeadTap:
-    """Records, while ``active``, the head's input and the old head's logits on it."""
+    """Records, inside ``with tap:`` (which may nest), the head's input and the old head's logits on it."""
 
     def __init__(self, model: nn.Module, old_head: nn.Module | None = None):
         self.old_head = old_head
-        self.active = False
+        self.head = head_module(model)
         self.features: torch.Tensor | None = None
         self.old_logits: torch.Tensor | None = None
-        self._handle = head_module(model).register_forward_hook(self._record)
+        self._handle = None
+        self._depth = 0
 
     def _record(self, module: nn.Module, inputs: tuple, output) -> None:
-        if not self.active:
-            return
         self.features = inputs[0]
         if self.old_head is not None:
             self.old_logits = self.old_head(inputs[0])
@@ -83,11 +83,17 @@ class HeadTap:
         return self
 
     def remove(self) -> None:
-        self._handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
     def __enter__(self) -> HeadTap:
-        self.active = True
+        if self._depth == 0:
+            self._handle = self.head.register_forward_hook(self._record)
+        self._depth += 1
         return self
 
     def __exit__(self, *exc) -> None:
-        self.active = False
+        self._depth -= 1
+        if self._depth == 0:
+            self.remove()

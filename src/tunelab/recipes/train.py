@@ -22,8 +22,9 @@ from tunelab.data.collate import make_collate
 from tunelab.engine.callbacks import BestWeights, EarlyStopping, MetricsFile, ProgressBar, TrainState
 from tunelab.engine.checkpoint import Checkpointer, complete_checkpoints, load_latest, truncate_lines
 from tunelab.engine.data_loading import OnDevice, eval_loader, loading_options, train_loader
+from tunelab.engine.lean import stepped_optimizer
 from tunelab.engine.loop import fit
-from tunelab.engine.optim import build_optimizer, stepped_optimizer
+from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
 from tunelab.evaluate import balanced_weights, classification_loss, evaluate_split, evaluate_splits, model_inputs
 from tunelab.evaluate.remembered import Remembered
@@ -297,9 +298,11 @@ def prepare_run(config: RunConfig, accelerator, warn) -> PreparedRun:
     trainable = sum(group["parameters"] for group in groups)  # by the end of the run, for progressive
     collate = make_collate(loaded, config.task)
     loading = loading_options(config.train.dataloader_workers, accelerator.device.type == "cuda")
+    train = config.train
     train_dl, sampler = train_loader(
-        data.datasets["train"], config.train.batch_size, collate, config.seed, config.train.group_by_length, **loading
-    )
+        data.datasets["train"], train.batch_size, collate, config.seed, train.group_by_length, train.grad_accum_steps,
+        **loading,
+    )  # fmt: skip
     eval_sets, eval_groups = _evaluation_sets(data, config)
     size = config.train.eval_batch_size
     eval_dls = {name: eval_loader(ds, size, collate, **loading) for name, ds in eval_sets.items()}
