@@ -8,6 +8,7 @@ without tunelab; bottleneck adapters go to ``adapter.safetensors`` with their pl
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,9 +23,10 @@ BASE_STATE = "base_state.safetensors"
 
 
 def is_peft(model: nn.Module) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
+    """Whether PEFT wraps ``model``; a model PEFT made implies PEFT is imported, so a process
+    that never used it does not import it (a sixth of a second) to find out."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def bottleneck_settings(model: nn.Module) -> dict | None:

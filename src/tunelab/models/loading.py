@@ -226,14 +226,19 @@ def _minilm_folder() -> Path:
 
 
 def _hugging_face(folder: Path, config, labels) -> LoadedModel:
-    # Only what the task needs: transformers' image side (processing_utils) takes a second to import.
-    if config.task == "image-classification":
-        from transformers import AutoModelForImageClassification as auto
-    else:
-        from transformers import AutoModelForSequenceClassification as auto
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
     trust = config.model.trust_remote_code
     if trust:
         log.warning("model.trust_remote_code is on: code inside %s will run", folder)
+    auto = (
+        AutoModelForImageClassification if config.task == "image-classification" else AutoModelForSequenceClassification
+    )
     dropout = {}
     if config.model.dropout is not None:
         hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -270,12 +275,8 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
     loaded = LoadedModel(model, "hf", str(folder), fresh_head=fresh)
     try:
         if config.task == "text-classification":
-            from transformers import AutoTokenizer
-
             loaded.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
         elif (folder / "preprocessor_config.json").exists():
-            from transformers import AutoImageProcessor
-
             loaded.image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"model.source: cannot load the processor in {folder}: {first_line(error)}") from None
