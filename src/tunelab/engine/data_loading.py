@@ -51,9 +51,9 @@ class EpochShuffleSampler(Sampler[int]):
         grouped = []
         for start, end in zip(starts, starts[1:] + [self.size], strict=True):
             grouped += sorted(order[start:end], key=lambda row: -self.lengths[row])
-        size = self.batch_size
-        batches = [grouped[start : start + size] for start in range(0, len(grouped), size)]
-        partial = [batches.pop()] if batches and len(batches[-1]) < size else []
+        batch = self.batch_size
+        batches = [grouped[start : start + batch] for start in range(0, len(grouped), batch)]
+        partial = [batches.pop()] if batches and len(batches[-1]) < batch else []
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         if batches:  # a batch's first row is its longest
             longest = max(range(len(batches)), key=lambda i: self.lengths[batches[i][0]])

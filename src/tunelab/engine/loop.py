@@ -65,7 +65,6 @@ def fit(
     # time. A step's micro-batch losses join it once the step is taken (a skipped step leaves none).
     state.running_loss = torch.tensor(float(state.running_loss), device=accelerator.device)
     state.running_count = int(state.running_count)
-    step_loss, step_batches = None, 0
     step_lr = optimizer.param_groups[0]["lr"]
 
     for epoch in range(state.epoch, math.ceil(total / steps_per_epoch)):
@@ -94,6 +93,7 @@ def fit(
             state.batches_into_epoch += 1
             if step_starts:
                 _copy(buffers, buffers_before_step)
+                step_loss, step_batches = None, 0  # this step's micro-batch losses
                 step_starts = False
             with accelerator.accumulate(model) if accumulating else contextlib.nullcontext():
                 loss = loss_fn(model, batch)
@@ -108,16 +108,14 @@ def fit(
             if not sync:
                 continue
             step_starts = True
-            if not skipped:
-                state.running_loss += step_loss
-                state.running_count += step_batches
-            step_loss, step_batches = None, 0
             if skipped:
                 _copy(buffers_before_step, buffers)
                 _count_skip(state, config)
                 if state.should_stop:
                     break
                 continue
+            state.running_loss += step_loss
+            state.running_count += step_batches
             state.consecutive_skips = 0
             # The rate this step used, before the schedule moves on (the highest group's: groups come highest first).
             step_lr = optimizer.param_groups[0]["lr"]

@@ -82,11 +82,6 @@ class HeadTap:
             self.old_head.to(device)
         return self
 
-    def remove(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
     def __enter__(self) -> HeadTap:
         if self._depth == 0:
             self._handle = self.head.register_forward_hook(self._record)
@@ -96,4 +91,5 @@ class HeadTap:
     def __exit__(self, *exc) -> None:
         self._depth -= 1
         if self._depth == 0:
-            self.remove()
+            self._handle.remove()
+            self._handle = None

@@ -185,7 +185,6 @@ def run_training(
         final |= aware_scores["int8"]  # the saved model is the int8 one: its scores are the run's
     if forgetting is not None:
         final_forgetting = forgetting_results(model, forgetting, accelerator)
-        forgetting.tap.remove()
     results = {
         "task": config.task,
         "model_source": config.model.source,
