@@ -108,3 +108,12 @@ def test_an_auto_rate_is_found_again_for_each_strategy_in_compare(tmp_path):
     config = validate({"data": {"train": "x.csv"}, "optim": {"lr": "auto"}, "compare": {"lr": {"lora": 1e-3}}})
     assert strategy_config(config, "full").optim.lr == "auto"
     assert strategy_config(config, "lora").optim.lr == 1e-3  # a rate named in compare.lr still wins
+
+
+def test_gradient_accumulation_does_not_shrink_the_range_tests_steps(tmp_path, capsys):
+    """The range test steps on every batch, so the run's accumulation must not divide its loss:
+    with SGD (whose step scales with the gradient) the curve is the same with and without it."""
+    sgd = DIGITS | {"optim": {"name": "sgd", "lr": 1e-3, "lr_find_steps": 30}}
+    single = lr_find(tmp_path, sgd, capsys, "single")
+    accumulating = sgd | {"train": DIGITS["train"] | {"grad_accum_steps": 4}}
+    assert lr_find(tmp_path, accumulating, capsys, "accumulating")["losses"] == single["losses"]

@@ -256,10 +256,17 @@ def test_the_direct_step_calls_do_what_accelerates_do():
     optimizer = accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1))
     assert type(stepped_optimizer(optimizer, accelerator)) is torch.optim.SGD
     # With fp16's gradient scaler (or DeepSpeed, XLA) Accelerate's own calls do the work.
-    scaled = SimpleNamespace(scaler=object(), distributed_type=DistributedType.NO, backward=print, clip_grad_norm_=len)
-    assert (backward_pass(scaled, 1), gradient_clipper(scaled), stepped_optimizer(optimizer, scaled)) == (
-        print, len, optimizer,
+    received = []
+    scaled = SimpleNamespace(
+        scaler=object(), distributed_type=DistributedType.NO, backward=received.append, clip_grad_norm_=len,
+        gradient_accumulation_steps=4,
     )  # fmt: skip
+    assert (backward_pass(scaled, 4), gradient_clipper(scaled), stepped_optimizer(optimizer, scaled)) == (
+        received.append, len, optimizer,
+    )  # fmt: skip
+    # Fewer steps than the Accelerator accumulates (the range test's one): its division is undone.
+    backward_pass(scaled, 1)(torch.tensor(3.0))
+    assert received == [torch.tensor(12.0)]
 
 
 def test_start_up_time_counts_from_the_process_start_not_from_importing_tunelab():

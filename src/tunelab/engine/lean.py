@@ -34,9 +34,12 @@ def stepped_optimizer(optimizer, accelerator):
 
 
 def backward_pass(accelerator, accumulation_steps: int) -> Callable[[torch.Tensor], None]:
-    """``accelerator.backward``: the loss divided by the accumulation steps, then backward."""
+    """``accelerator.backward``: the loss divided by ``accumulation_steps``, then backward. Those
+    may differ from the Accelerator's own (the range test steps on every batch)."""
     if not _plain(accelerator):
-        return accelerator.backward
+        ratio = accelerator.gradient_accumulation_steps / accumulation_steps
+        # Accelerate divides by its own accumulation steps; the ratio makes that a division by these.
+        return accelerator.backward if ratio == 1 else lambda loss: accelerator.backward(loss * ratio)
     if accumulation_steps == 1:
         return torch.Tensor.backward
     return lambda loss: (loss / accumulation_steps).backward()

@@ -15,6 +15,8 @@ import math
 import numpy as np
 import torch
 
+from tunelab.engine.lean import backward_pass, gradient_clipper
+
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its minimum
 SKIP_START = 5  # the first points are noisy: never read the steepest slope there
@@ -34,6 +36,8 @@ def range_test(model, optimizer, loader, loss_fn, accelerator, train_mode, start
     average, best, stopped = 0.0, math.inf, f"reached the end of the range ({end:g})"
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    # A step on every batch: the run's gradient accumulation (Accelerate's division by its steps) is not applied.
+    backward, clip = backward_pass(accelerator, 1), gradient_clipper(accelerator)
     with torch.random.fork_rng(devices=devices):
         batches = _forever(loader)
         for step in range(steps):
@@ -46,8 +50,8 @@ def range_test(model, optimizer, loader, loss_fn, accelerator, train_mode, start
             if not math.isfinite(value):
                 stopped = f"the loss became non-finite at {rate:.2g}"
                 break
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(parameters, 1.0e6)  # no clipping, but the same all-reduce as training
+            backward(loss)
+            clip(parameters, 1.0e6)  # no clipping, but the same all-reduce as training
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             average = SMOOTHING * average + (1 - SMOOTHING) * value
