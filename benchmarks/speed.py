@@ -21,6 +21,17 @@ and the median of ``--repeats`` is reported. Scenarios:
   2,000 sentences and on the whole SST-2 training set.
 - ``digits-cnn``: the built-in CNN on scikit-learn's digits (no download), all four, for
   ``DIGITS_EPOCHS`` epochs (its "s per epoch" is the mean).
+- ``paired-full`` / ``paired-lora`` / ``paired-cnn``: tunelab's overhead over the plain loop,
+  measured where this machine's drift cannot hide it. Separate processes moved 15-45% from run
+  to run here, far more than a loop adds; so in one process, on one model, optimizer and
+  batches, short blocks of tunelab's ``fit`` and of the plain loop alternate (``PAIRS`` pairs),
+  and the ratio is the median of the pairs' ratios.
+
+The start-up scenarios also time a process that only imports what any text run needs (torch,
+transformers' BERT, Accelerate, pandas): the floor a cached start cannot go below. tunelab's own
+modules are compiled to bytecode first, as pip compiles any installed package (an editable
+install is not, and where ``PYTHONDONTWRITEBYTECODE`` is set, as on this machine, they would be
+compiled again in every process).
 
 Without ``../shared/data/sst2`` the text scenarios use a tiny random BERT on generated sentences.
 Writes ``benchmarks/results/speed.json`` with the machine and thread count.
@@ -29,6 +40,7 @@ Writes ``benchmarks/results/speed.json`` with the machine and thread count.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -60,9 +72,16 @@ SCENARIOS = {
     "digits-cnn": ("tunelab", "plain", "trainer", "lightning"),
     # tunelab's start-up, first run against the cached second, each repeat with an empty cache:
     # on the 2,000 sentences, and on all of SST-2's training set (67,349).
-    "startup": ("first", "second"),
-    "startup-full": ("first", "second"),
+    "startup": ("first", "second", "imports"),
+    "startup-full": ("first", "second", "imports"),
+    "paired-full": ("tunelab-vs-plain",),
+    "paired-lora": ("tunelab-vs-plain",),
+    "paired-cnn": ("tunelab-vs-plain",),
 }
+# A paired scenario: the scenario whose settings it uses, and the steps in each block (a few
+# seconds of training: short enough that drift is shared, long enough to time).
+PAIRED = {"paired-full": ("identical-full", 8), "paired-lora": ("identical-lora", 8), "paired-cnn": ("digits-cnn", 100)}
+PAIRS = 30
 
 
 # --- data and model, the same for every framework --------------------------------------------
@@ -209,8 +228,12 @@ def adamw(model, lr: float):
 def worker(framework: str, scenario: str, paths: dict) -> dict:
     import torch
 
+    if scenario in PAIRED:
+        return run_paired(scenario, paths)
     if framework == "tunelab":
         return run_tunelab(scenario, paths)
+    if framework == "imports":
+        return run_imports()
     if scenario.startswith("startup"):
         return run_startup(scenario, paths)
     if scenario == "digits-cnn":
@@ -335,9 +358,8 @@ def trainer_fit(model, dataset, collate, lr: float, scenario: str, framework: st
     Loss(model=model, args=arguments, train_dataset=dataset, data_collator=collate).train()
 
 
-def run_tunelab(scenario: str, paths: dict) -> dict:
+def tunelab_config(scenario: str, paths: dict) -> dict:
     from tunelab.config import validate
-    from tunelab.recipes.train import run_training
 
     if scenario == "digits-cnn":
         config = {
@@ -365,9 +387,16 @@ def run_tunelab(scenario: str, paths: dict) -> dict:
             "eval_every": 10**6, "load_best_at_end": False,
         }  # fmt: skip
         config["evaluate"] = {"base": False, "max_train_examples": 1}
+    return config
+
+
+def run_tunelab(scenario: str, paths: dict) -> dict:
+    from tunelab.config import validate
+    from tunelab.recipes.train import run_training
+
     run_dir = Path(tempfile.mkdtemp(prefix="tunelab-")) / "run"
     run_dir.mkdir()
-    results = run_training(validate(config), run_dir, progress=False)
+    results = run_training(validate(tunelab_config(scenario, paths)), run_dir, progress=False)
     rows = results["examples"]["train"] * results["epochs_completed"]
     split = "test" if scenario == "digits-cnn" else "validation"
     return {
@@ -397,6 +426,98 @@ def run_startup(scenario: str, paths: dict) -> dict:
     return {"startup_seconds": results["startup_seconds"], "rows": results["examples"]["train"], "cached": cached}
 
 
+def run_imports() -> dict:
+    """Only the imports any text run needs before training: the floor of a cached start."""
+    import accelerate  # noqa: F401
+    import pandas  # noqa: F401
+    import psutil
+    import torch  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
+    import transformers.models.bert.modeling_bert  # noqa: F401
+    from transformers import AutoTokenizer  # noqa: F401
+
+    return {"startup_seconds": time.time() - psutil.Process().create_time(), "rows": 0, "cached": True}
+
+
+def run_paired(scenario: str, paths: dict) -> dict:
+    """Blocks of tunelab's ``fit`` and of the plain loop, alternating on one model, optimizer and
+    loader order (each block trains the first batches of epoch 0); the model trains on throughout,
+    which changes no block's work."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from tunelab.config import validate
+    from tunelab.engine.callbacks import Callback, TrainState
+    from tunelab.engine.data_loading import EpochShuffleSampler
+    from tunelab.engine.lean import stepped_optimizer
+    from tunelab.engine.loop import fit
+    from tunelab.engine.schedules import build_scheduler
+    from tunelab.evaluate import classification_loss, model_inputs, output_logits
+    from tunelab.models.builtin import build_cached
+    from tunelab.recipes.runtime import make_accelerator, quiet_libraries
+    from tunelab.recipes.train import prepare_run
+
+    like, steps = PAIRED[scenario]
+    settings = tunelab_config(like, paths)
+    settings["train"] |= {"max_steps": steps}
+    config = validate(settings)
+    quiet_libraries()
+    build_cached(config.model.source)
+    accelerator = make_accelerator(config.train)
+    torch.manual_seed(SEED)
+    run = prepare_run(config, accelerator, print)
+    model, optimizer = run.model, stepped_optimizer(run.optimizer, accelerator)
+    dataset = run.data.datasets["train"]
+    loader = DataLoader(dataset, config.train.batch_size, sampler=EpochShuffleSampler(len(dataset), SEED),
+                        collate_fn=run.collate)  # fmt: skip
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+
+    class Clock(Callback):  # fit's own set-up (once per run, not per step) stays outside the block
+        def on_train_start(self, *args):
+            self.started = time.perf_counter()
+
+        def on_train_end(self, *args):
+            self.seconds = time.perf_counter() - self.started
+
+    def tunelab_block() -> float:
+        clock, schedule = Clock(), build_scheduler(optimizer, config.schedule, 10**6)
+        state = TrainState(total_steps=steps, steps_per_epoch=len(run.train_dl))
+        fit(
+            model, run.optimizer, schedule, run.train_dl, classification_loss, dict, accelerator, config.train,
+            [run.strategy, clock], run.strategy.train_mode, run.sampler, state,
+        )  # fmt: skip
+        assert state.step == steps
+        return clock.seconds / steps
+
+    def plain_block() -> float:
+        schedule = build_scheduler(optimizer, config.schedule, 10**6)
+        started, done = time.perf_counter(), 0
+        model.train()
+        for epoch in itertools.count():  # as many epochs as the block's steps take, as fit does
+            loader.sampler.set_epoch(epoch)
+            for batch in loader:
+                logits = output_logits(model(**model_inputs(batch)))
+                torch.nn.functional.cross_entropy(logits, batch["labels"]).backward()
+                torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                done += 1
+                if done == steps:
+                    return (time.perf_counter() - started) / steps
+
+    tunelab_block(), plain_block()  # the first call of each sets up its kernels and iterators
+    tunelab, plain = [], []
+    for pair in range(PAIRS):  # which goes first alternates too
+        for block, times in ((tunelab_block, tunelab), (plain_block, plain))[:: 1 if pair % 2 else -1]:
+            times.append(block())
+    return {
+        "tunelab_ms_per_step": 1000 * statistics.median(tunelab), "plain_ms_per_step": 1000 * statistics.median(plain),
+        "ratio": statistics.median(p / t for t, p in zip(tunelab, plain, strict=True)),
+        "pairs": PAIRS, "steps_per_block": steps,
+    }  # fmt: skip
+
+
 # --- the side-by-side driver ------------------------------------------------------------------
 
 
@@ -417,7 +538,18 @@ def table(found: dict) -> None:
 
     console = Console()
     for scenario, frameworks in found["scenarios"].items():
-        view = Table(title=f"{scenario} (median of {found['repeats']})")
+        view = Table(title=f"{scenario} (median of {found['repeats_per_scenario'][scenario]})")
+        if scenario in PAIRED:
+            columns = ("steps per block", "pairs", "tunelab ms/step", "plain ms/step", "tunelab/plain")
+            for column in columns:
+                view.add_column(column, justify="right")
+            row = frameworks["tunelab-vs-plain"]
+            view.add_row(
+                f"{row['steps_per_block']:.0f}", f"{row['pairs']:.0f}", f"{row['tunelab_ms_per_step']:.1f}",
+                f"{row['plain_ms_per_step']:.1f}", f"{row['ratio']:.3f}",
+            )  # fmt: skip
+            console.print(view)
+            continue
         if scenario.startswith("startup"):
             for column in ("run", "train rows", "s to first step", "peak RSS MB"):
                 view.add_column(column, justify="right")
@@ -460,24 +592,36 @@ def summary(scenarios: dict) -> dict:
         found["peak RSS MB tunelab full, lora"] = [
             round(scenarios[name]["tunelab"]["peak_rss_mb"]) for name in ("identical-full", "identical-lora")
         ]
+    for scenario in PAIRED:
+        if scenario in scenarios:
+            found[f"{scenario}: tunelab / plain loop throughput, paired in one process"] = round(
+                scenarios[scenario]["tunelab-vs-plain"]["ratio"], 3
+            )
     for scenario in ("startup", "startup-full"):
         if scenario in scenarios:
-            rows = scenarios[scenario]
+            seconds = {run: row["startup_seconds"] for run, row in scenarios[scenario].items()}
             found[f"{scenario}: first / cached second run seconds to first step"] = round(
-                rows["first"]["startup_seconds"] / rows["second"]["startup_seconds"], 2
+                seconds["first"] / seconds["second"], 2
             )
+            if "imports" in seconds:
+                floor = seconds["imports"]
+                found[f"{scenario}: the same, past the imports alone ({floor:.1f} s)"] = round(
+                    (seconds["first"] - floor) / (seconds["second"] - floor), 2
+                )
     return found
 
 
 def merged(found: dict) -> dict:
     """This run's scenarios added to those already written for the same machine, model, rows and
-    repeats (so ``--scenarios`` can redo one without losing the rest)."""
+    (so ``--scenarios`` can redo one, with its own ``--repeats``, without losing the rest)."""
     if not OUT.exists():
         return found
     previous = json.loads(OUT.read_text(encoding="utf-8"))
-    if any(previous.get(key) != found[key] for key in ("cpu", "threads", "torch", "model", "rows", "repeats")):
+    if any(previous.get(key) != found[key] for key in ("cpu", "threads", "torch", "model", "rows")):
         return found
-    return found | {key: previous.get(key, {}) | found[key] for key in ("runs", "scenarios")}
+    # Files written before repeats were kept per scenario had one count for all.
+    previous.setdefault("repeats_per_scenario", dict.fromkeys(previous.get("scenarios", {}), previous.get("repeats")))
+    return found | {key: previous.get(key, {}) | found[key] for key in ("runs", "scenarios", "repeats_per_scenario")}
 
 
 def machine() -> dict:
@@ -511,11 +655,13 @@ def main() -> int:
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return 0
+    # Bytecode for tunelab's own modules, as an installed package has (see the docstring).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "tunelab")], check=True)
     with tempfile.TemporaryDirectory() as folder:
         paths = write_rows(Path(folder), args.rows)
         found = machine() | {
             "model": "all-MiniLM-L6-v2" if paths["model"] == "minilm" else "tiny random BERT",
-            "rows": args.rows, "repeats": args.repeats, "runs": {}, "scenarios": {},
+            "rows": args.rows, "repeats": args.repeats, "runs": {}, "scenarios": {}, "repeats_per_scenario": {},
         }  # fmt: skip
         for scenario in args.scenarios.split(","):
             runs = {framework: [] for framework in SCENARIOS[scenario]}
@@ -528,6 +674,7 @@ def main() -> int:
                     runs[framework].append(run_one(framework, scenario, paths, cache, seed))
                     print(f"{scenario} {repeat + 1}/{args.repeats} {framework}: {runs[framework][-1]}", flush=True)
             found["runs"][scenario] = runs
+            found["repeats_per_scenario"][scenario] = args.repeats
             found["scenarios"][scenario] = {
                 framework: {key: statistics.median(run[key] for run in done) for key in done[0]}
                 for framework, done in runs.items()
