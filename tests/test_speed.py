@@ -4,6 +4,7 @@ order, the token and measurement caches, fused optimizers, thread settings."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -276,7 +277,12 @@ def test_start_up_time_counts_from_the_process_start_not_from_importing_tunelab(
     program = (
         "import time; time.sleep(0.6)\n"
         "from tunelab.recipes.runtime import process_started_at\n"
-        "print(time.time() - process_started_at())\n"
+        "print(process_started_at())\n"
     )
+    before = time.time()
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
-    assert float(done.stdout) >= 0.6
+    after = time.time()
+    started = float(done.stdout)
+    # After this process asked for it (to the kernel's 10 ms tick), and the sleep counts: psutil's
+    # boot-time arithmetic put the start 0.4 s before the request on this machine.
+    assert before - 0.05 <= started <= after - 0.6

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
+import time
 
 import torch
 
@@ -23,14 +25,31 @@ def quiet_libraries() -> None:
 def process_started_at() -> float:
     """When this process was created (the interpreter and every import count), as ``time.time()``;
     when the system will not say, when tunelab was first imported."""
-    import psutil
-
     from tunelab import PROCESS_STARTED_AT
 
     try:
-        return min(psutil.Process().create_time(), PROCESS_STARTED_AT)
-    except psutil.Error:
+        return min(_linux_start() if sys.platform == "linux" else _psutil_start(), PROCESS_STARTED_AT)
+    except (OSError, ValueError, IndexError, ImportError):
         return PROCESS_STARTED_AT
+
+
+def _linux_start() -> float:
+    """The kernel's start time (clock ticks since boot) against its clock since boot. psutil adds
+    the ticks to the boot time, which the kernel gives in whole seconds, and which drifts from the
+    wall clock as that is adjusted: on this machine it put every start 0.4 s early."""
+    with open("/proc/self/stat", encoding="ascii") as stat:
+        ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22; the name may hold spaces
+    running = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - running
+
+
+def _psutil_start() -> float:
+    import psutil
+
+    try:
+        return psutil.Process().create_time()
+    except psutil.Error as error:
+        raise OSError(str(error)) from None
 
 
 def process_state():
