@@ -226,12 +226,7 @@ def _minilm_folder() -> Path:
 
 
 def _hugging_face(folder: Path, config, labels) -> LoadedModel:
-    from transformers import (
-        AutoImageProcessor,
-        AutoModelForImageClassification,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, AutoTokenizer
 
     trust = config.model.trust_remote_code
     if trust:
@@ -277,6 +272,8 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
         if config.task == "text-classification":
             loaded.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
         elif (folder / "preprocessor_config.json").exists():
+            from transformers import AutoImageProcessor  # here: its imports take 0.2 s a text run needs not
+
             loaded.image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"model.source: cannot load the processor in {folder}: {first_line(error)}") from None
