@@ -1,7 +1,7 @@
 """Training speed side by side: tunelab, a plain PyTorch loop, Hugging Face Trainer and PyTorch
 Lightning on the same model, rows and hyperparameters.
 
-    .venv/bin/python benchmarks/speed.py                 # make bench; ~30 minutes on two cores
+    .venv/bin/python benchmarks/speed.py                 # make bench; about 70 minutes on two cores
     .venv/bin/python benchmarks/speed.py --repeats 1 --scenarios identical-full
 
 Every run is a fresh process (so its peak RSS is its own), runs alternate between the frameworks,
