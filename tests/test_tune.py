@@ -20,6 +20,7 @@ from tunelab.cli import main
 from tunelab.config import SearchRange, validate
 from tunelab.errors import UserError
 from tunelab.search.space import applied, check_space, current_values, default_space
+from tunelab.search.study import open_study
 
 TRANSFER = {
     "task": "image-classification",
@@ -57,6 +58,17 @@ def trial_states(database) -> list[str]:
             return [state for (state,) in db.execute("SELECT state FROM trials ORDER BY number")]
     except sqlite3.OperationalError:  # not created yet, or its tables not yet
         return []
+
+
+def running_trial_has_begun(database) -> bool:
+    """Whether the running trial has beaten and drawn its parameters: killed then, it is retried
+    with those parameters (killed before, it has none to keep)."""
+    query = (
+        "SELECT count(*) FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.state = 'RUNNING' AND EXISTS (SELECT 1 FROM trial_params p WHERE p.trial_id = t.trial_id)"
+    )
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=60)) as db:
+        return db.execute(query).fetchone()[0] == 1
 
 
 def study_of(folder) -> optuna.Study:
@@ -141,7 +153,7 @@ def quick(tmp_path) -> dict:
 def test_a_killed_study_continues_and_loses_no_trial(tmp_path):
     config_path, output = write(tmp_path, quick(tmp_path)), tmp_path / "study"
     with open(tmp_path / "first.log", "w") as log:
-        first = tune_process(config_path, output, 8, log=log)
+        first, db = tune_process(config_path, output, 8, log=log), output / "study.db"
         deadline = time.time() + 600  # generous: a busy CI machine starts Python slowly
         while True:  # kill it mid-trial once three trials have finished
             time.sleep(0.2)
@@ -149,7 +161,7 @@ def test_a_killed_study_continues_and_loses_no_trial(tmp_path):
                 first.kill()
                 pytest.fail(f"the study never reached three trials and a fourth running:\n{log.name}")
             states = trial_states(output / "study.db")
-            if states.count("COMPLETE") >= 3 and states[-1] == "RUNNING":
+            if states.count("COMPLETE") >= 3 and states[-1] == "RUNNING" and running_trial_has_begun(db):
                 break
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
@@ -171,6 +183,23 @@ def test_a_killed_study_continues_and_loses_no_trial(tmp_path):
         t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed[0]
     ]
     assert retried and retried[0].params == dead.params and retried[0].state.name == "COMPLETE"
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_path):
+    tune = validate(quick(tmp_path)).tune  # heartbeats each second: stale after two
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = open_study(url, tune, "accuracy", seed=0)
+    orphan = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True)})
+    alive = study.ask()
+    study._storage.record_heartbeat(alive._trial_id)
+    optuna.storages.fail_stale_trials(study)
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]  # both still young
+    with contextlib.closing(sqlite3.connect(tmp_path / "study.db")) as db, db:  # both began an hour ago
+        db.execute("UPDATE trials SET datetime_start = datetime(datetime_start, '-1 hour')")
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "RUNNING", "WAITING"]  # the one that beats lives on
+    assert trials[2].params == {"optim.lr": orphan.params["optim.lr"]}  # queued again as it was
 
 
 def test_two_processes_share_one_study(tmp_path):
@@ -211,7 +240,7 @@ def test_a_worker_that_loses_the_race_to_create_the_tables_opens_the_winners(tmp
 
     from tunelab.search import study as study_module
 
-    real, calls = study_module.RDBStorage, []
+    real, calls = study_module.HeartbeatStorage, []
 
     def racing(url, **kwargs):  # the first attempt meets the other worker's schema row
         calls.append(url)
@@ -220,7 +249,7 @@ def test_a_worker_that_loses_the_race_to_create_the_tables_opens_the_winners(tmp
             raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
         return real(url, **kwargs)
 
-    monkeypatch.setattr(study_module, "RDBStorage", racing)
+    monkeypatch.setattr(study_module, "HeartbeatStorage", racing)
     monkeypatch.setattr(study_module.time, "sleep", lambda seconds: None)
     storage = study_module._storage(f"sqlite:///{tmp_path / 'race.db'}", heartbeat=5)
     assert len(calls) == 2 and storage.heartbeat_interval == 5  # ...and the loser opened them

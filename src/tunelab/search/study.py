@@ -4,6 +4,11 @@ Storage is a relational database (SQLite in the output folder by default, or any
 takes), with heartbeats: a trial whose process died stops beating, is failed once the grace
 period passes, and is queued again with the same parameters (RetryHeartbeatStaleTrialCallback), so a
 killed study loses no trial. Several processes on one storage share the study.
+
+Optuna judges staleness by the last heartbeat only, so a process killed after it created a trial and
+before its heartbeat thread first wrote would leave that trial RUNNING for good, never retried
+(seen in CI). `HeartbeatStorage` also counts a trial stale that has no heartbeat a grace period
+after it started.
 """
 
 from __future__ import annotations
@@ -11,9 +16,13 @@ from __future__ import annotations
 import os
 import socket
 import time
+from datetime import datetime, timedelta
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tunelab.engine.callbacks import Callback
@@ -36,13 +45,28 @@ def open_study(url: str, tune, metric: str, seed: int, name: str = STUDY_NAME) -
     )
 
 
+class HeartbeatStorage(RDBStorage):
+    """Optuna's database storage, where a running trial that never beat is stale too once it is a
+    grace period old (its start is the creating process's clock, as Optuna's own times are)."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        started_before = datetime.now() - timedelta(seconds=self.grace_period)
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        old = [trial._trial_id for trial in running if trial.datetime_start < started_before]
+        with _create_scoped_session(self.scoped_session) as session:
+            beating = models.TrialHeartbeatModel.trial_id.in_(old)
+            beat = {trial_id for (trial_id,) in session.query(models.TrialHeartbeatModel.trial_id).filter(beating)}
+        return stale + [trial_id for trial_id in old if trial_id not in beat and trial_id not in stale]
+
+
 def _storage(url: str, heartbeat: int, attempts: int = 5) -> RDBStorage:
     """The database; two processes starting at once on a new one may race to create its tables (the
     loser sees a locked database or a duplicate schema version), and the loser simply opens what the
     winner made."""
     for attempt in range(attempts):
         try:
-            return RDBStorage(
+            return HeartbeatStorage(
                 url,
                 heartbeat_interval=heartbeat,
                 grace_period=2 * heartbeat,
