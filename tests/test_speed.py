@@ -195,6 +195,56 @@ def test_remembered_measurements_are_reused_only_for_the_same_model_data_and_set
     assert torch.equal(first, again) and features.from_cache == {"drift": False}
 
 
+def test_a_measurement_misses_when_anything_that_makes_its_batches_changes(tmp_path):
+    """Text loaders are keyed by their rows, index batches and padding settings, not by padded
+    batches; each of those changes misses, and any other loader falls back to its batches."""
+    from tunelab.evaluate.remembered import batch_recipe
+
+    model, calls = torch.nn.Linear(3, 2), []
+
+    def measured(loader) -> bool:
+        remembered = Remembered(model, Settings(), folder=tmp_path)
+        remembered.scores("base", {"validation": loader}, None, lambda: calls.append(1) or {"accuracy": 0.5})
+        return remembered.from_cache["base"]
+
+    tokenizer = _tokenizer()
+    collate = DataCollatorWithPadding(tokenizer)
+    assert not measured(eval_loader(ragged(20), 8, collate)) and measured(eval_loader(ragged(20), 8, collate))
+    relabelled = ragged(20)
+    relabelled.labels[3] = 1
+    assert not measured(eval_loader(relabelled, 8, collate))
+    assert not measured(eval_loader(ragged(20), 4, collate))  # the same rows batched otherwise
+    assert not measured(eval_loader(ragged(20), 8, DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)))
+    tokenizer.padding_side = "left"
+    assert not measured(eval_loader(ragged(20), 8, collate))
+    assert batch_recipe(eval_loader(ragged(20), 8, collate)) is not None  # none of that collated a batch
+    tokenizer.padding_side = "right"
+
+    def padded(value):
+        return lambda rows: {"input_ids": torch.full((len(rows), 60), value), "labels": torch.zeros(len(rows))}
+
+    by_batches = eval_loader(ragged(20), 8, padded(0))
+    assert batch_recipe(by_batches) is None  # a collate of its own: its batches are what it makes
+    assert not measured(by_batches) and measured(eval_loader(ragged(20), 8, padded(0)))
+    assert not measured(eval_loader(ragged(20), 8, padded(1)))
+    shuffled = torch.utils.data.DataLoader(ragged(20), batch_size=8, shuffle=True, collate_fn=collate)
+    assert batch_recipe(shuffled) is None  # reading its order would draw random numbers
+
+
+def test_an_accelerate_loader_is_keyed_by_the_index_batches_it_reads():
+    from accelerate import Accelerator
+
+    from tunelab.evaluate.remembered import batch_recipe
+
+    loader = eval_loader(ragged(20), 8, DataCollatorWithPadding(_tokenizer()))
+    prepared = Accelerator(cpu=True).prepare(loader)
+    assert batch_recipe(prepared) == batch_recipe(loader)
+    _, batches = batch_recipe(prepared)
+    rows = [loader.dataset[index]["input_ids"] for index in batches[0]]
+    first_batch = next(iter(prepared))["input_ids"].tolist()
+    assert [row[: len(ids)] for row, ids in zip(first_batch, rows, strict=True)] == rows  # the rows it reads
+
+
 def test_adam_and_adamw_use_the_fused_kernels_on_the_cpu():
     model = torch.nn.Linear(4, 2)
     for name in ("adamw", "adam"):

@@ -19,7 +19,7 @@ from tunelab.data.labels import LabelMap
 from tunelab.data.prepare import prepare_split
 from tunelab.data.readers import RawSplit, image_folder_split, table_split
 from tunelab.data.text import tokenize
-from tunelab.data.token_cache import cached_tokenize
+from tunelab.data.token_cache import cached_tokenize, tokenizer_fingerprint
 from tunelab.errors import UserError
 
 BUILTIN_DIGITS = "digits"
@@ -91,13 +91,15 @@ def read_data(config: RunConfig) -> RawData:
 def prepare_data(raw: RawData, loaded, config: RunConfig) -> PreparedData:
     """Turn raw splits into datasets with the model's tokenizer or image transform."""
     datasets, truncated, cached = {}, {}, {}
+    text = config.task == "text-classification" and config.data.cache
+    fingerprint = tokenizer_fingerprint(loaded.tokenizer) if text else None  # once, for every split
     for name, split in raw.splits.items():
         ids = raw.labels.encode(split.labels, f"data.{name}")
         if config.data.train == BUILTIN_DIGITS:
             datasets[name] = digits.as_dataset(split.inputs, ids)
         elif config.task == "text-classification":
-            datasets[name], truncated[name], from_cache = _tokenized(loaded.tokenizer, split.inputs, ids, config.data)
-            cached[name] = from_cache
+            tokenized = _tokenized(loaded.tokenizer, split.inputs, ids, config.data, fingerprint)
+            datasets[name], truncated[name], cached[name] = tokenized
         elif name == "train" and config.data.augment.enabled:
             augment, seed = config.data.augment, config.seed
             datasets[name] = AugmentedImages.load(split.inputs, ids, loaded.image_transform, augment, seed, name)
@@ -107,10 +109,10 @@ def prepare_data(raw: RawData, loaded, config: RunConfig) -> PreparedData:
     return PreparedData(datasets, raw.labels, truncated, raw.notes, groups, cached)
 
 
-def _tokenized(tokenizer, inputs: list, ids: list[int], data) -> tuple[Dataset, int, bool]:
+def _tokenized(tokenizer, inputs: list, ids: list[int], data, fingerprint: str | None) -> tuple[Dataset, int, bool]:
     if not data.cache:
         return *tokenize(tokenizer, inputs, ids, data.max_length), False
-    return cached_tokenize(tokenizer, inputs, ids, data.max_length)
+    return cached_tokenize(tokenizer, inputs, ids, data.max_length, fingerprint=fingerprint)
 
 
 def _reader_for(config: RunConfig):

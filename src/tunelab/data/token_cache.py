@@ -26,11 +26,13 @@ FORMAT = 1
 
 
 def cached_tokenize(
-    tokenizer, inputs: list, labels: list[int], max_length: int, folder: Path | None = None
+    tokenizer, inputs: list, labels: list[int], max_length: int, folder: Path | None = None, fingerprint=None
 ) -> tuple[TokenizedDataset, int, bool]:
     """``tokenize``'s result, read from the cache when it holds it. Returns (dataset, truncated,
-    whether it came from the cache)."""
-    path = (folder or cache_dir() / "tokens") / f"{_key(tokenizer, inputs, max_length)}.safetensors"
+    whether it came from the cache). ``fingerprint``: the tokenizer's, when the caller has it (it
+    serialises the whole vocabulary: taken once for all of a run's splits)."""
+    key = _key(fingerprint or tokenizer_fingerprint(tokenizer), inputs, max_length)
+    path = (folder or cache_dir() / "tokens") / f"{key}.safetensors"
     found = _read(path, len(inputs))
     if found is not None:
         encodings, truncated = found
@@ -52,8 +54,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((rules + json.dumps(settings)).encode()).hexdigest()
 
 
-def _key(tokenizer, inputs: list, max_length: int) -> str:
-    digest = hashlib.sha256(f"{FORMAT}:{tokenizer_fingerprint(tokenizer)}:{max_length}".encode())
+def _key(fingerprint: str, inputs: list, max_length: int) -> str:
+    digest = hashlib.sha256(f"{FORMAT}:{fingerprint}:{max_length}".encode())
     for row in inputs:  # row by row: a list of 67k sentences need not become one string
         digest.update(json.dumps(row, ensure_ascii=False).encode())
         digest.update(b"\x00")

@@ -3,11 +3,13 @@ probe's features. A second run of a config, or one that changes only how it trai
 epochs, schedule), skips measuring a model it has measured already and starts training sooner.
 
 The key is the content: a hash of the model as it stands before training (its architecture as
-printed, every weight and buffer, the source of its class), of every batch the measurement reads
-exactly as the model receives it, of the config sections that shape the model but not its
-weights (``model``, ``strategy``, compile and memory-format settings), of tunelab's own source and
-of what else a number depends on (mixed precision, device, library versions). Anything that could
-change a number misses. On a miss the batches are read twice (once to hash, once to measure).
+printed, every weight and buffer, the source of its class), of every batch the measurement reads,
+of the config sections that shape the model but not its weights (``model``, ``strategy``,
+compile and memory-format settings), of tunelab's own source and of what else a number depends
+on (mixed precision, device, library versions). Anything that could change a number misses.
+A batch is hashed as the rows it is made of, with the loader's index batches and its collate
+settings, where those fix it (a loader that reads in order with PyTorch's or transformers'
+padding collate); any other loader's batches are collated and hashed as the model receives them.
 Scores are stored as JSON and features as safetensors: nothing pickled is read, and a damaged
 entry is measured again. Under several processes each one keys its own shard, and the cache is
 used only when every process finds its entry, so they never disagree on whether to run the
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, default_collate
 
 import tunelab
 from tunelab.io import cache_dir, store_cache_entry
@@ -91,8 +94,7 @@ class Remembered:
         digest.update(self.model_digest.encode())
         for split in sorted(loaders):
             digest.update(split.encode())
-            for batch in loaders[split]:
-                _update_with_batch(digest, batch)
+            _update_with_loader(digest, loaders[split])
         return digest.hexdigest()[:32]
 
 
@@ -130,6 +132,57 @@ def model_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _update_with_loader(digest, loader) -> None:
+    recipe = batch_recipe(loader)
+    if recipe is None:
+        digest.update(b"batches")
+        for batch in loader:
+            _update_with_batch(digest, batch)
+        return
+    collate, index_batches = recipe
+    digest.update(f"rows:{collate}".encode())
+    for indices in index_batches:
+        rows = [loader.dataset[index] for index in indices]
+        digest.update(json.dumps(indices).encode())
+        if all(isinstance(row, Mapping) and not any(map(torch.is_tensor, row.values())) for row in rows):
+            digest.update(json.dumps(rows, sort_keys=True, default=str).encode())  # token ids: one call
+        else:
+            for row in rows:
+                _update_with_batch(digest, row)
+
+
+def batch_recipe(loader) -> tuple[str, list[list[int]]] | None:
+    """What fixes ``loader``'s batches without collating them: its collate settings and the index
+    batches it reads (this process's, under Accelerate), or None when they do not fix them (another
+    collate, an iterable dataset, a sampler that draws random numbers, batches sent from process 0)."""
+    collate = _collate_settings(getattr(loader, "collate_fn", None))
+    if collate is None or not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return None
+    if type(loader).__name__ == "DataLoaderDispatcher":  # Accelerate's: process 0 reads for all
+        return None
+    batches = loader.batch_sampler
+    inner = getattr(batches, "batch_sampler", batches)  # Accelerate's BatchSamplerShard wraps the loader's own
+    if not isinstance(getattr(inner, "sampler", None), SequentialSampler):
+        return None
+    return collate, [list(indices) for indices in batches]
+
+
+def _collate_settings(collate) -> str | None:
+    """Everything a known collate's batches depend on besides their rows, or None for any other."""
+    if collate is default_collate:
+        return "default_collate"
+    kind = type(collate)
+    if f"{kind.__module__}.{kind.__qualname__}" != "transformers.data.data_collator.DataCollatorWithPadding":
+        return None
+    tokenizer = collate.tokenizer  # what its ``pad`` reads
+    settings = {
+        "padding": collate.padding, "max_length": collate.max_length, "multiple": collate.pad_to_multiple_of,
+        "tensors": collate.return_tensors, "tokenizer": type(tokenizer).__name__, "side": tokenizer.padding_side,
+        "pad": tokenizer.pad_token_id, "pad_type": tokenizer.pad_token_type_id, "inputs": tokenizer.model_input_names,
+    }  # fmt: skip
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
 def _update_with_batch(digest, batch) -> None:
     # Mapping, not dict: Hugging Face collators return a BatchEncoding (a UserDict).
     items = sorted(batch.items()) if isinstance(batch, Mapping) else enumerate(batch)
@@ -146,7 +199,7 @@ def _update_with_tensor(digest, value: torch.Tensor) -> None:
     # A copy: viewing a tensor's own storage as NumPy marks it non-resizable for good, and
     # quantization observers resize theirs in the next forward pass.
     copy = value.detach().to("cpu", copy=True).contiguous()
-    digest.update(copy.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(copy.reshape(-1).view(torch.uint8).numpy())
 
 
 def _everywhere(found: bool, accelerator) -> bool:
