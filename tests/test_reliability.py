@@ -443,6 +443,84 @@ def test_too_many_non_finite_steps_stop_the_run_keeping_the_last_good_weights(ca
         assert torch.equal(tensor, last_good[name]), name
 
 
+def test_skipping_on_the_device_trains_exactly_as_reading_the_norm_does_when_nothing_overflows(capsys, tmp_path):
+    for check in ("host", "device"):
+        config = write_yaml(tmp_path / f"{check}.yaml", cnn_config(epochs=1, log_every=1, nonfinite_check=check))
+        code, err = run_cli(capsys, "train", config, "-o", tmp_path / check, "-q")
+        assert code == 0, err
+    for name in ("model/model.safetensors", "metrics.jsonl"):
+        assert (tmp_path / "device" / name).read_bytes() == (tmp_path / "host" / name).read_bytes(), name
+
+
+def test_on_the_device_a_skipped_step_changes_nothing_but_keeps_its_place_in_the_schedule(
+    capsys, monkeypatch, tmp_path
+):
+    poison(monkeypatch, {3: "input", 7: "loss"}.get)
+    poisoned, losses = train_recipe.classification_loss, []
+
+    def recorded(model, batch):
+        loss = poisoned(model, batch)
+        losses.append(float(loss.detach()))
+        return loss
+
+    monkeypatch.setattr(train_recipe, "classification_loss", recorded)
+    config = cnn_config(epochs=1, checkpoint_every=None, log_every=STEPS_PER_EPOCH, nonfinite_check="device")
+    code, err = run_cli(capsys, "train", write_yaml(tmp_path / "run.yaml", config), "-o", tmp_path / "run", "-q")
+    assert code == 0, err
+    results = results_of(tmp_path / "run")
+    assert (results["skipped_steps"], results["diverged"], results["steps"]) == (2, False, STEPS_PER_EPOCH)
+    weights = load_file(tmp_path / "run" / "model" / "model.safetensors")  # batch-norm statistics included
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    [line] = [record for record in logged if record["type"] == "train"]
+    taken = [value for call, value in enumerate(losses, 1) if call not in (3, 7)]
+    assert line["step"] == STEPS_PER_EPOCH and line["loss"] == pytest.approx(sum(taken) / len(taken), rel=1e-5)
+
+
+def test_on_the_device_too_many_non_finite_steps_stop_the_run_with_the_last_good_weights(capsys, monkeypatch, tmp_path):
+    good = 7
+    poison(monkeypatch, lambda call: "input" if call > good else None)
+    config = cnn_config(
+        checkpoint_every=1, keep_checkpoints=5, max_bad_steps=3, load_best_at_end=False, nonfinite_check="device"
+    )
+    run_dir = tmp_path / "run"
+    code, err = run_cli(capsys, "train", write_yaml(tmp_path / "run.yaml", config), "-o", run_dir, "-q")
+    assert code == 1 and "3 optimizer steps in a row had non-finite gradients" in err, err
+    results = results_of(run_dir)
+    # Settled at each checkpoint here: it stops at the third bad step, which kept its place.
+    assert (results["diverged"], results["skipped_steps"], results["steps"]) == (True, 3, good + 3)
+    last_good = load_file(run_dir / "checkpoints" / f"step-{good:06d}" / "model.safetensors")
+    saved = load_file(run_dir / "model" / "model.safetensors")
+    assert saved.keys() == last_good.keys()
+    assert all(torch.equal(tensor, last_good[name]) for name, tensor in saved.items())
+
+
+def test_device_skips_apply_only_where_the_optimizer_can_skip_and_carry_a_run_of_bad_steps_over():
+    from types import SimpleNamespace
+
+    from tunelab.engine.callbacks import TrainState
+    from tunelab.engine.device_skips import DeviceSkips, skips_on_device
+
+    def accelerator(device="cpu", scaler=None, kind="NO"):
+        return SimpleNamespace(device=torch.device(device), scaler=scaler, distributed_type=SimpleNamespace(name=kind))
+
+    weights = [torch.nn.Parameter(torch.ones(2))]
+    fused, unfused = torch.optim.AdamW(weights, fused=True), torch.optim.RMSprop(weights)
+    assert skips_on_device("device", accelerator(), fused) and not skips_on_device("auto", accelerator(), fused)
+    assert not skips_on_device("device", accelerator(), unfused)  # no found_inf to hand it
+    assert not skips_on_device("device", accelerator(scaler=object()), fused)  # fp16's scaler skips itself
+    assert not skips_on_device("device", accelerator(kind="FSDP"), fused)  # a sharded norm
+    assert not skips_on_device("host", accelerator(), fused)
+    skips, state = DeviceSkips(torch.device("cpu"), consecutive=2), TrainState(total_steps=10, steps_per_epoch=10)
+    weights[0].grad = torch.full((2,), math.nan)
+    found = skips.step(fused, torch.linalg.vector_norm(weights[0].grad))
+    loss = skips.record(found, 1, torch.tensor(math.nan), [], [])
+    assert torch.equal(weights[0].detach(), torch.ones(2)) and loss.item() == 0.0
+    state.running_count = 1
+    skips.settle(state, max_bad_steps=3)  # two before a resume and one after: three in a row
+    assert (state.skipped_steps, state.running_count, state.consecutive_skips, state.diverged) == (1, 0, 3, True)
+
+
 # -- a full disk -----------------------------------------------------------------------------------
 
 

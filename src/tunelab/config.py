@@ -296,6 +296,12 @@ class TrainConfig(Section):
     )
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (the best one is kept as well)")
     max_bad_steps: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
+    nonfinite_check: Literal["auto", "host", "device"] = Field(
+        "auto",
+        description="how a step with inf/NaN gradients is skipped. host: the gradient norm is read every step "
+        "(skipped steps leave the schedule where it was); device: the fused optimizer skips it with no per-step "
+        "read (counted at log intervals, it keeps its place in the schedule); auto: device on a GPU",
+    )
     class_weights: Literal["balanced"] | None = Field(
         None, description="balanced: weight the loss by inverse class frequency in train (imbalanced data)"
     )

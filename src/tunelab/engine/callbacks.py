@@ -57,6 +57,13 @@ class TrainState:
         for name in self.CHECKPOINTED:
             setattr(self, name, saved[name])
 
+    def stop_diverged(self, in_a_row: int) -> None:
+        self.should_stop = self.diverged = True
+        self.stop_reason = (
+            f"stopped: {in_a_row} optimizer steps in a row had non-finite gradients "
+            f"(loss or gradients became inf/NaN); the last good checkpoint is kept"
+        )
+
 
 class Callback:
     def on_train_start(self, state: TrainState, model, optimizer) -> None: ...

@@ -16,6 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tunelab.config import TrainConfig
 from tunelab.engine.callbacks import Callback, TrainState
 from tunelab.engine.checkpoint import restore_rng
+from tunelab.engine.device_skips import DeviceSkips, skips_on_device
 from tunelab.engine.lean import backward_pass, gradient_clipper, stepped_optimizer
 
 
@@ -58,6 +59,8 @@ def fit(
     stepped = stepped_optimizer(optimizer, accelerator)
     backward = backward_pass(accelerator, config.grad_accum_steps)
     clip = gradient_clipper(accelerator)
+    on_device = skips_on_device(config.nonfinite_check, accelerator, stepped)
+    skips = DeviceSkips(accelerator.device, state.consecutive_skips) if on_device else None
     # Accelerate decides when micro-batches end a step; without accumulation every one does.
     accumulating = config.grad_accum_steps > 1
     fire("on_train_start", state, model, optimizer)
@@ -101,13 +104,19 @@ def fit(
                 sync = accelerator.sync_gradients or not accumulating
                 if sync:
                     fire("on_before_optimizer_step", state, model)
-                    skipped = not _optimizer_step(accelerator, stepped, clip, parameters, config)
+                    if skips is None:
+                        skipped = not _optimizer_step(accelerator, stepped, clip, parameters, config)
+                    else:  # decided on the device; the host hears of it when it settles
+                        found = skips.step(stepped, clip(parameters, config.max_grad_norm or math.inf))
+                        skipped = False
                     stepped.zero_grad(set_to_none=True)
             step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
             step_batches += 1
             if not sync:
                 continue
             step_starts = True
+            if skips is not None:
+                step_loss = skips.record(found, step_batches, step_loss, buffers, buffers_before_step)
             if skipped:
                 _copy(buffers_before_step, buffers)
                 _count_skip(state, config)
@@ -116,19 +125,26 @@ def fit(
                 continue
             state.running_loss += step_loss
             state.running_count += step_batches
-            state.consecutive_skips = 0
+            if skips is None:
+                state.consecutive_skips = 0
             # The rate this step used, before the schedule moves on (the highest group's: groups come highest first).
             step_lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             state.step += 1
-            if state.step % config.log_every == 0 or state.step == total:
+            logs = state.step % config.log_every == 0 or state.step == total
+            evaluates = isinstance(config.eval_every, int) and state.step % config.eval_every == 0
+            if skips is not None and (logs or evaluates or _checkpoints(config, state.step)):
+                skips.settle(state, config.max_bad_steps)
+            if logs and state.running_count:  # none to log when every step since the last was skipped
                 _log(accelerator, state, fire, step_lr)
-            if isinstance(config.eval_every, int) and state.step % config.eval_every == 0:
+            if evaluates:
                 fire("on_evaluate", state, evaluate())
                 train_mode(model)
             fire("on_step_end", state)
             if state.should_stop or state.step >= total:
                 break
+        if skips is not None:
+            skips.settle(state, config.max_bad_steps)
         if config.eval_every == "epoch" and not state.diverged:
             fire("on_evaluate", state, evaluate())
         fire("on_epoch_end", state)
@@ -163,6 +179,11 @@ def _optimizer_step(accelerator, optimizer, clip, parameters, config: TrainConfi
     return finite and not getattr(optimizer, "step_was_skipped", False)
 
 
+def _checkpoints(config: TrainConfig, step: int) -> bool:
+    every = config.checkpoint_every
+    return isinstance(every, int) and step % every == 0
+
+
 def _copy(sources: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
     if sources:
         with torch.no_grad():
@@ -173,11 +194,7 @@ def _count_skip(state: TrainState, config: TrainConfig) -> None:
     state.skipped_steps += 1
     state.consecutive_skips += 1
     if state.consecutive_skips >= config.max_bad_steps:
-        state.should_stop = state.diverged = True
-        state.stop_reason = (
-            f"stopped: {state.consecutive_skips} optimizer steps in a row had non-finite gradients "
-            f"(loss or gradients became inf/NaN); the last good checkpoint is kept"
-        )
+        state.stop_diverged(state.consecutive_skips)
 
 
 def _dispatcher(callbacks: list[Callback]):
