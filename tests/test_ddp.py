@@ -28,14 +28,17 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 LAUNCH_TIMEOUT = 300  # a hang (a collective waiting on a process that went another way) fails, not blocks
 
 
-@pytest.fixture
-def ddp_config(text_config, write_config):
+@pytest.fixture(params=["auto", "device"])
+def ddp_config(text_config, write_config, request):
+    """Non-finite steps checked on the host (auto, on a CPU) and on the device, where each
+    process settles its own counts (the all-reduced norm makes them agree)."""
+    train = {"epochs": 10, "batch_size": 8, "eval_batch_size": 16, "log_every": 2, "nonfinite_check": request.param}
     config = text_config | {
         "model": text_config["model"] | {"dropout": 0.0},
         "optim": {"lr": 3e-3},
         # Evaluating every epoch also exercises the best-weights checkpoint (written by rank 0,
         # read back by every rank at the end).
-        "train": text_config["train"] | {"epochs": 10, "batch_size": 8, "eval_batch_size": 16, "log_every": 2},
+        "train": text_config["train"] | train,
     }
     return write_config(config)
 
