@@ -111,6 +111,14 @@ SCHEMA_CASES = {
     "seed-too-large": ({"seed": 2**40}, ["seed"]),
     "negative-seed": ({"seed": -1}, ["seed"]),
     "non-string-key": ({"data": {1: "x", "train": "t.csv"}}, ["data"]),
+    "device-check-unfused": (
+        {"train.nonfinite_check": "device", "optim.name": "rmsprop"},
+        ["train.nonfinite_check", "rmsprop"],
+    ),
+    "device-check-beside-fp16": (
+        {"train.nonfinite_check": "device", "train.mixed_precision": "fp16"},
+        ["train.nonfinite_check", "fp16"],
+    ),
 }
 
 

@@ -480,15 +480,15 @@ def test_on_the_device_a_skipped_step_changes_nothing_but_keeps_its_place_in_the
 def test_on_the_device_too_many_non_finite_steps_stop_the_run_with_the_last_good_weights(capsys, monkeypatch, tmp_path):
     good = 7
     poison(monkeypatch, lambda call: "input" if call > good else None)
-    config = cnn_config(
-        checkpoint_every=1, keep_checkpoints=5, max_bad_steps=3, load_best_at_end=False, nonfinite_check="device"
-    )
+    config = cnn_config(checkpoint_every=1, max_bad_steps=3, load_best_at_end=False, nonfinite_check="device")
     run_dir = tmp_path / "run"
     code, err = run_cli(capsys, "train", write_yaml(tmp_path / "run.yaml", config), "-o", run_dir, "-q")
     assert code == 1 and "3 optimizer steps in a row had non-finite gradients" in err, err
     results = results_of(run_dir)
-    # Settled at each checkpoint here: it stops at the third bad step, which kept its place.
+    # Settled at each checkpoint here: it stops at the third bad step, which kept its place, and
+    # wrote no checkpoint amid them (two are kept: the good one is still among them).
     assert (results["diverged"], results["skipped_steps"], results["steps"]) == (True, 3, good + 3)
+    assert checkpoint_names(run_dir)[0] == f"step-{good:06d}"
     last_good = load_file(run_dir / "checkpoints" / f"step-{good:06d}" / "model.safetensors")
     saved = load_file(run_dir / "model" / "model.safetensors")
     assert saved.keys() == last_good.keys()

@@ -185,20 +185,24 @@ def test_a_killed_study_continues_and_loses_no_trial(tmp_path):
     assert retried and retried[0].params == dead.params and retried[0].state.name == "COMPLETE"
 
 
-def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_path):
+def test_a_trial_beats_from_the_moment_it_runs_so_one_killed_at_once_is_retried(tmp_path):
     tune = validate(quick(tmp_path)).tune  # heartbeats each second: stale after two
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = open_study(url, tune, "accuracy", seed=0)
-    orphan = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True)})
-    alive = study.ask()
-    study._storage.record_heartbeat(alive._trial_id)
-    optuna.storages.fail_stale_trials(study)
-    assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]  # both still young
-    with contextlib.closing(sqlite3.connect(tmp_path / "study.db")) as db, db:  # both began an hour ago
-        db.execute("UPDATE trials SET datetime_start = datetime(datetime_start, '-1 hour')")
+    database = tmp_path / "study.db"
+    study = open_study(f"sqlite:///{database}", tune, "accuracy", seed=0)
+    study.enqueue_trial({"optim.lr": 0.01})
+    queued = study.ask()  # a queued trial taken up
+    orphan = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-3, 3e-2, log=True)})  # a new one
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        beating = {trial_id for (trial_id,) in db.execute("SELECT trial_id FROM trial_heartbeats")}
+        assert beating == {queued._trial_id, orphan._trial_id}  # before any heartbeat thread started
+        # Killed right away: its process never beat again.
+        db.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-1 hour') WHERE trial_id = ?",
+            (orphan._trial_id,),
+        )
     optuna.storages.fail_stale_trials(study)
     trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["FAIL", "RUNNING", "WAITING"]  # the one that beats lives on
+    assert [t.state.name for t in trials] == ["RUNNING", "FAIL", "WAITING"]  # the one that beats lives on
     assert trials[2].params == {"optim.lr": orphan.params["optim.lr"]}  # queued again as it was
 
 

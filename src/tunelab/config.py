@@ -606,6 +606,19 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _device_check_possible(self) -> RunConfig:
+        if self.train.nonfinite_check != "device":
+            return self
+        if self.optim.name not in ("adam", "adamw"):
+            raise ValueError(
+                "train.nonfinite_check: device skips steps inside a fused optimizer (adam or adamw), "
+                f"not {self.optim.name}"
+            )
+        if self.train.mixed_precision == "fp16":
+            raise ValueError("train.nonfinite_check: device; fp16's gradient scaler skips steps itself: use auto")
+        return self
+
+    @model_validator(mode="after")
     def _forgetting_fits(self) -> RunConfig:
         methods = self.forgetting.methods
         weights = [name for name in ("ewc", "l2sp") if name in methods]

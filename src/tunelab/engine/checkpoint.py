@@ -93,11 +93,12 @@ class Checkpointer(Callback):
         self.stateful, self.metrics_file, self.extra = stateful, Path(metrics_file), extra
 
     def on_step_end(self, state: TrainState) -> None:
-        if isinstance(self.every, int) and state.step % self.every == 0:
+        # Amid a run of non-finite steps the last checkpoint before them stays the newest.
+        if isinstance(self.every, int) and state.step % self.every == 0 and not state.consecutive_skips:
             self.save(state, epoch=state.epoch, batches=state.batches_into_epoch)
 
     def on_epoch_end(self, state: TrainState) -> None:
-        if self.every is not None and not state.diverged:
+        if self.every is not None and not state.diverged and not state.consecutive_skips:
             self.save(state, epoch=state.epoch + 1, batches=0)
 
     def save(self, state: TrainState, epoch: int, batches: int) -> None:

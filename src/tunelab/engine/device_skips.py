@@ -2,7 +2,7 @@
 
 The host way (``train.nonfinite_check: host``) reads the gradient norm every step to decide: on a
 GPU that read waits for the step's kernels, so the host cannot queue the next batch's while they
-run. Here the norm's finiteness stays a device tensor: PyTorch's fused Adam, AdamW and SGD
+run. Here the norm's finiteness stays a device tensor: PyTorch's fused Adam and AdamW
 kernels take it as ``found_inf`` (as the AMP gradient scaler hands it to them) and leave weights,
 moments and step counts untouched when it is set; batch-norm statistics are put back with
 ``torch.where`` and the step's loss is left out of the logged mean the same way. The host learns
@@ -19,7 +19,8 @@ import torch
 
 from tunelab.engine.lean import FULL_GRADIENT_TYPES
 
-FUSED_KINDS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+# Not SGD: a skipped first step would leave its momentum buffers as allocated, uninitialised.
+FUSED_KINDS = (torch.optim.Adam, torch.optim.AdamW)
 
 
 def skips_on_device(setting: str, accelerator, optimizer) -> bool:

@@ -137,6 +137,8 @@ def fit(
                 skips.settle(state, config.max_bad_steps)
             if logs and state.running_count:  # none to log when every step since the last was skipped
                 _log(accelerator, state, fire, step_lr)
+            if state.diverged:  # settled on the device: no evaluation or checkpoint of this step
+                break
             if evaluates:
                 fire("on_evaluate", state, evaluate())
                 train_mode(model)

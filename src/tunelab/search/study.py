@@ -5,10 +5,11 @@ takes), with heartbeats: a trial whose process died stops beating, is failed onc
 period passes, and is queued again with the same parameters (RetryHeartbeatStaleTrialCallback), so a
 killed study loses no trial. Several processes on one storage share the study.
 
-Optuna judges staleness by the last heartbeat only, so a process killed after it created a trial and
-before its heartbeat thread first wrote would leave that trial RUNNING for good, never retried
-(seen in CI). `HeartbeatStorage` also counts a trial stale that has no heartbeat a grace period
-after it started.
+Optuna judges staleness by the last heartbeat and skips a trial that has none, and its first beat
+comes from a thread started only once the trial has drawn its parameters: a process killed in
+between left that trial RUNNING for good, never retried (seen in CI). `HeartbeatStorage` records
+the first beat in the storage call that makes a trial run, so staleness is always judged by the
+database's own clock.
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ from __future__ import annotations
 import os
 import socket
 import time
-from datetime import datetime, timedelta
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tunelab.engine.callbacks import Callback
@@ -46,18 +44,21 @@ def open_study(url: str, tune, metric: str, seed: int, name: str = STUDY_NAME) -
 
 
 class HeartbeatStorage(RDBStorage):
-    """Optuna's database storage, where a running trial that never beat is stale too once it is a
-    grace period old (its start is the creating process's clock, as Optuna's own times are)."""
+    """Optuna's database storage, where a trial beats from the moment it runs: created running, or
+    a queued one taken up. Optuna's own first beat comes from a thread started after sampling."""
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        stale = super()._get_stale_trial_ids(study_id)
-        started_before = datetime.now() - timedelta(seconds=self.grace_period)
-        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        old = [trial._trial_id for trial in running if trial.datetime_start < started_before]
-        with _create_scoped_session(self.scoped_session) as session:
-            beating = models.TrialHeartbeatModel.trial_id.in_(old)
-            beat = {trial_id for (trial_id,) in session.query(models.TrialHeartbeatModel.trial_id).filter(beating)}
-        return stale + [trial_id for trial_id in old if trial_id not in beat and trial_id not in stale]
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        # The method both RDBStorage.create_new_trial and Optuna's caching wrapper call.
+        trial = super()._create_new_trial(study_id, template_trial)
+        if trial.state == TrialState.RUNNING:
+            self.record_heartbeat(trial._trial_id)
+        return trial
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state == TrialState.RUNNING:
+            self.record_heartbeat(trial_id)
+        return changed
 
 
 def _storage(url: str, heartbeat: int, attempts: int = 5) -> RDBStorage:
