@@ -231,6 +231,95 @@ def test_a_measurement_misses_when_anything_that_makes_its_batches_changes(tmp_p
     assert batch_recipe(shuffled) is None  # reading its order would draw random numbers
 
 
+def test_measurement_keys_are_exact_and_anything_they_cannot_hash_is_measured_afresh(tmp_path):
+    import numpy as np
+
+    from tunelab.engine.data_loading import LengthSorted
+    from tunelab.evaluate.remembered import batch_recipe
+
+    model, calls = torch.nn.Linear(3, 2), []
+
+    def measured(loader) -> bool:
+        remembered = Remembered(model, Settings(), folder=tmp_path)
+        remembered.scores("base", {"validation": loader}, None, lambda: calls.append(1) or {"accuracy": 0.5})
+        return remembered.from_cache["base"]
+
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, rows):
+            self.rows = rows
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, index):
+            return self.rows[index]
+
+    def arrays(last: float):  # long arrays: str() would print "..." and round them
+        return Rows([{"x": np.r_[np.zeros(2000), last].astype(np.float32), "labels": 0} for _ in range(4)])
+
+    assert not measured(eval_loader(arrays(1.0), 2, torch.utils.data.default_collate))
+    assert not measured(eval_loader(arrays(1.0 + 1e-6), 2, torch.utils.data.default_collate))
+    numbers = Rows([{"x": np.int64(5), "labels": 0}, {"x": np.int64(6), "labels": 1}])
+    texts = Rows([{"x": "5", "labels": 0}, {"x": "6", "labels": 1}])
+    assert not measured(eval_loader(numbers, 2, lambda rows: rows)) and not measured(eval_loader(texts, 2, lambda r: r))
+
+    class Batched(Rows):  # the DataLoader reads a batch at once where a dataset says how
+        def __getitems__(self, indices):
+            return [{"input_ids": [7], "labels": 1} for _ in indices]
+
+    plain_rows = [{"input_ids": [5, 6], "labels": 0}, {"input_ids": [5, 6, 7], "labels": 1}]
+    collate = DataCollatorWithPadding(_tokenizer())
+    assert not measured(eval_loader(Rows(plain_rows), 2, collate, longest_first=False))
+    assert not measured(eval_loader(Batched(plain_rows), 2, collate, longest_first=False))
+    # The same rows in another order: the drift features are kept in the dataset's order.
+    sorted_one, sorted_two = (LengthSorted(Rows(rows), [len(r["input_ids"]) for r in rows]) for rows in
+                              (plain_rows, plain_rows[::-1]))  # fmt: skip
+    assert not measured(eval_loader(sorted_one, 2, collate, longest_first=False))
+    assert not measured(eval_loader(sorted_two, 2, collate, longest_first=False))
+
+    class Reversed(torch.utils.data.BatchSampler):  # a batch sampler of one's own around an in-order one
+        def __iter__(self):
+            return reversed(list(super().__iter__()))
+
+    own_sampler = torch.utils.data.SequentialSampler(Rows(plain_rows))
+    loader = torch.utils.data.DataLoader(
+        Rows(plain_rows), batch_sampler=Reversed(own_sampler, 1, False), collate_fn=collate
+    )
+    assert batch_recipe(loader) is None
+    unknown = Rows([{"x": object(), "labels": 0}])  # a type the key cannot hash exactly
+    before, entries = len(calls), set(tmp_path.iterdir())
+    assert not measured(eval_loader(unknown, 1, lambda rows: rows))
+    assert not measured(eval_loader(unknown, 1, lambda rows: rows))  # measured again: nothing was kept
+    assert len(calls) == before + 2 and set(tmp_path.iterdir()) == entries
+
+
+class Processes(Settings):
+    """Two processes, seen from process 0: ``gather`` adds the other one's row."""
+
+    num_processes = 2
+
+    def __init__(self, other_digest: int, other_keyable: bool = True):
+        self.other = (other_digest, other_keyable)
+
+    def gather(self, mine):
+        other = mine.clone()
+        other[0], other[1] = int(self.other[1]), self.other[0]
+        return torch.cat([mine, other])
+
+
+def test_under_several_processes_the_key_covers_every_shard_and_is_none_if_any_cannot_be_hashed(tmp_path):
+    from tunelab.evaluate.remembered import Remembered
+
+    model = torch.nn.Linear(3, 2)
+    loaders = {"validation": eval_loader(ragged(8), 4, DataCollatorWithPadding(_tokenizer()))}
+
+    def key(accelerator):
+        return Remembered(model, accelerator, folder=tmp_path)._key("base", loaders, None)
+
+    assert key(Processes(1)) == key(Processes(1)) != key(Processes(2))  # the other shard changed
+    assert key(Processes(1, other_keyable=False)) is None  # then no process uses the cache
+
+
 def test_an_accelerate_loader_is_keyed_by_the_index_batches_it_reads():
     from accelerate import Accelerator
 

@@ -10,10 +10,13 @@ on (mixed precision, device, library versions). Anything that could change a num
 A batch is hashed as the rows it is made of, with the loader's index batches and its collate
 settings, where those fix it (a loader that reads in order with PyTorch's or transformers'
 padding collate); any other loader's batches are collated and hashed as the model receives them.
+Values are hashed exactly (tensors and arrays by their bytes, JSON types as JSON); a value of any
+other type makes the measurement uncacheable rather than risk a key that two inputs share.
 Scores are stored as JSON and features as safetensors: nothing pickled is read, and a damaged
 entry is measured again. Under several processes each one keys its own shard, and the cache is
-used only when every process finds its entry, so they never disagree on whether to run the
-collective evaluation.
+keyed by every process's shard together (the scores are of all of them), and the cache is used
+only when every process finds the entry, so they never disagree on whether to run the collective
+evaluation.
 
 Hand-written: no library keeps evaluation results keyed by a model's content.
 """
@@ -28,16 +31,21 @@ import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, IterableDataset, SequentialSampler, default_collate
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler, default_collate
 
 import tunelab
 from tunelab.io import cache_dir, store_cache_entry
 
 FORMAT = 1
 LIBRARIES = ("torch", "transformers", "peft", "accelerate", "numpy", "scikit-learn", "fairlearn", "safetensors")
+
+
+class Unkeyable(TypeError):
+    """A value the key cannot hash exactly: the measurement is made and not cached."""
 
 
 class Remembered:
@@ -71,6 +79,9 @@ class Remembered:
         if not self.enabled:
             return measure()
         key = self._key(name, loaders, extra)
+        if key is None:
+            self.from_cache[name] = False
+            return measure()
         path = self.folder / f"{key}{suffix}"
         found = read(path)
         if _everywhere(found is not None, self.accelerator):
@@ -81,21 +92,32 @@ class Remembered:
         store_cache_entry(path, lambda temporary: write(temporary, value))
         return value
 
-    def _key(self, name: str, loaders: dict, extra) -> str:
+    def _key(self, name: str, loaders: dict, extra) -> str | None:
+        """The entry's name, the same on every process; None where some value cannot be hashed."""
         accelerator = self.accelerator
         settings = {
             "format": FORMAT, "measurement": name, "extra": extra, "context": self.context, "code": code_digest(),
             "model_code": self.model_code_digest, "versions": {name: _version(name) for name in LIBRARIES},
             "device": accelerator.device.type,
-            "mixed_precision": str(accelerator.mixed_precision), "process": accelerator.process_index,
-            "processes": accelerator.num_processes,
+            "mixed_precision": str(accelerator.mixed_precision), "processes": accelerator.num_processes,
         }  # fmt: skip
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
         digest.update(self.model_digest.encode())
-        for split in sorted(loaders):
-            digest.update(split.encode())
-            _update_with_loader(digest, loaders[split])
-        return digest.hexdigest()[:32]
+        try:
+            for split in sorted(loaders):
+                digest.update(split.encode())
+                _update_with_loader(digest, loaders[split])
+            own, keyable = digest.digest(), True
+        except Unkeyable:
+            own, keyable = bytes(digest.digest_size), False
+        if accelerator.num_processes == 1:
+            return digest.hexdigest()[:32] if keyable else None
+        # Each process hashed its own shard: the entry is named by all of them, in process order.
+        mine = torch.tensor([int(keyable), *own], dtype=torch.int64, device=accelerator.device)
+        every = accelerator.gather(mine).reshape(accelerator.num_processes, -1).tolist()
+        if not all(row[0] for row in every):
+            return None
+        return hashlib.sha256(bytes(byte for row in every for byte in row[1:])).hexdigest()[:32]
 
 
 @functools.cache
@@ -133,28 +155,36 @@ def model_digest(model: torch.nn.Module) -> str:
 
 
 def _update_with_loader(digest, loader) -> None:
+    order = getattr(getattr(loader, "dataset", None), "order", None)  # LengthSorted: results go back in it
+    if order is not None:
+        digest.update(f"order:{json.dumps(list(order))}".encode())
     recipe = batch_recipe(loader)
     if recipe is None:
         digest.update(b"batches")
         for batch in loader:
-            _update_with_batch(digest, batch)
+            _update_with_value(digest, batch)
         return
     collate, index_batches = recipe
     digest.update(f"rows:{collate}".encode())
+    dataset = loader.dataset
     for indices in index_batches:
-        rows = [loader.dataset[index] for index in indices]
+        # Read as the DataLoader reads them.
+        getitems = getattr(dataset, "__getitems__", None)
+        rows = getitems(indices) if callable(getitems) else [dataset[index] for index in indices]
         digest.update(json.dumps(indices).encode())
-        if all(isinstance(row, Mapping) and not any(map(torch.is_tensor, row.values())) for row in rows):
-            digest.update(json.dumps(rows, sort_keys=True, default=str).encode())  # token ids: one call
-        else:
-            for row in rows:
-                _update_with_batch(digest, row)
+        try:  # token ids: one call, and exact (no fallback for types JSON does not know)
+            if not all(isinstance(row, Mapping) and all(isinstance(key, str) for key in row) for row in rows):
+                raise TypeError
+            digest.update(json.dumps(rows, sort_keys=True).encode())
+        except (TypeError, ValueError):
+            _update_with_value(digest, rows)
 
 
 def batch_recipe(loader) -> tuple[str, list[list[int]]] | None:
     """What fixes ``loader``'s batches without collating them: its collate settings and the index
     batches it reads (this process's, under Accelerate), or None when they do not fix them (another
-    collate, an iterable dataset, a sampler that draws random numbers, batches sent from process 0)."""
+    collate or batch sampler, an iterable dataset, an order drawn at random, batches sent from
+    process 0)."""
     collate = _collate_settings(getattr(loader, "collate_fn", None))
     if collate is None or not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
         return None
@@ -162,7 +192,7 @@ def batch_recipe(loader) -> tuple[str, list[list[int]]] | None:
         return None
     batches = loader.batch_sampler
     inner = getattr(batches, "batch_sampler", batches)  # Accelerate's BatchSamplerShard wraps the loader's own
-    if not isinstance(getattr(inner, "sampler", None), SequentialSampler):
+    if type(inner) is not BatchSampler or type(inner.sampler) is not SequentialSampler:
         return None
     return collate, [list(indices) for indices in batches]
 
@@ -175,23 +205,37 @@ def _collate_settings(collate) -> str | None:
     if f"{kind.__module__}.{kind.__qualname__}" != "transformers.data.data_collator.DataCollatorWithPadding":
         return None
     tokenizer = collate.tokenizer  # what its ``pad`` reads
-    settings = {
+    read = ("padding_side", "pad_token_id", "pad_token_type_id", "model_input_names", "model_max_length")
+    settings = {name: getattr(tokenizer, name, None) for name in read} | {
         "padding": collate.padding, "max_length": collate.max_length, "multiple": collate.pad_to_multiple_of,
-        "tensors": collate.return_tensors, "tokenizer": type(tokenizer).__name__, "side": tokenizer.padding_side,
-        "pad": tokenizer.pad_token_id, "pad_type": tokenizer.pad_token_type_id, "inputs": tokenizer.model_input_names,
+        "tensors": collate.return_tensors, "tokenizer": type(tokenizer).__name__,
     }  # fmt: skip
     return json.dumps(settings, sort_keys=True, default=str)
 
 
-def _update_with_batch(digest, batch) -> None:
-    # Mapping, not dict: Hugging Face collators return a BatchEncoding (a UserDict).
-    items = sorted(batch.items()) if isinstance(batch, Mapping) else enumerate(batch)
-    for key, value in items:
-        digest.update(str(key).encode())
-        if isinstance(value, torch.Tensor):
-            _update_with_tensor(digest, value)
-        else:
-            digest.update(json.dumps(value, default=str).encode())
+def _update_with_value(digest, value) -> None:
+    """``value`` hashed exactly: a batch, a row, or anything in them."""
+    if isinstance(value, torch.Tensor):
+        _update_with_tensor(digest, value)
+    elif isinstance(value, np.ndarray) and value.dtype != object:
+        _update_with_tensor(digest, torch.from_numpy(np.ascontiguousarray(value)))
+    elif isinstance(value, Mapping):  # Mapping, not dict: Hugging Face collators return a BatchEncoding
+        digest.update(b"{")
+        for key in sorted(value, key=str):
+            digest.update(json.dumps(str(key)).encode() + f":{type(key).__name__}:".encode())
+            _update_with_value(digest, value[key])
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"[{type(value).__name__}".encode())
+        for item in value:
+            _update_with_value(digest, item)
+        digest.update(b"]")
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        digest.update(f"{type(value).__name__}:{json.dumps(value)},".encode())
+    elif isinstance(value, np.generic) and isinstance(value.item(), (bool, int, float, str)):
+        digest.update(f"{value.dtype}:{json.dumps(value.item())},".encode())
+    else:
+        raise Unkeyable(type(value).__name__)
 
 
 def _update_with_tensor(digest, value: torch.Tensor) -> None:
