@@ -132,6 +132,34 @@ def test_a_second_run_reads_its_tokens_from_the_cache_and_trains_the_same(
     assert second["drift"] == first["drift"]
 
 
+def test_set_up_runs_without_the_collector_and_training_with_it_and_nothing_stays_frozen(
+    text_config, write_config, tmp_path, monkeypatch
+):
+    import gc
+
+    import tunelab.recipes.train as train_recipe
+
+    seen = {}
+
+    def watching(name, function):
+        def watched(*args, **kwargs):
+            seen[name] = (gc.isenabled(), gc.get_freeze_count() > 0)
+            return function(*args, **kwargs)
+
+        return watched
+
+    for name in ("read_data", "fit"):
+        monkeypatch.setattr(train_recipe, name, watching(name, getattr(train_recipe, name)))
+    assert gc.isenabled()
+    assert main(["train", str(write_config(text_config)), "--output", str(tmp_path / "run"), "--quiet"]) == 0
+    # Paused while reading the data; collecting again, the set-up frozen out of its way, in training.
+    assert seen == {"read_data": (False, False), "fit": (True, True)}
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # the command left the collector as it found it
+    broken = write_config(text_config | {"data": text_config["data"] | {"train": str(tmp_path / "none.csv")}})
+    assert main(["train", str(broken), "--output", str(tmp_path / "broken"), "--quiet"]) != 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # after a user error too
+
+
 def test_training_does_not_depend_on_what_is_evaluated_or_how_often(text_config, write_config, tmp_path):
     """Reading an evaluation loader draws no seed from torch's generator, so skipping the base
     scores (or a cache hit) or evaluating every step leaves the training draws (dropout) alone."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from tunelab.collector import set_up_uncollected
 from tunelab.errors import UserError
 
 stdout = Console()
@@ -518,7 +519,8 @@ def _is_main_process() -> bool:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        output = COMMANDS[args.command](args)
+        with set_up_uncollected():  # until the command's model is loaded
+            output = COMMANDS[args.command](args)
         if args.json and _is_main_process():
             print(json.dumps(output, indent=2, default=str))
         return 1 if isinstance(output, dict) and output.get("diverged") else 0

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
+from tunelab.collector import resume_collecting
 from tunelab.errors import UserError, first_line
 from tunelab.io import read_json_object, read_safetensors
 from tunelab.models.cnn import DemoCNN
@@ -111,6 +112,7 @@ def load_model(config, labels, channels: int = 3) -> LoadedModel:
         loaded.preprocessing = loaded.image_transform.settings()
     if config.task == "text-classification" and loaded.tokenizer is None:
         raise UserError(f"model.source: {source} brings no tokenizer, so it cannot read text")
+    resume_collecting()  # a command's set-up ends with its model
     return loaded
 
 
@@ -136,7 +138,9 @@ def load_saved_model(folder: Path, config=None) -> LoadedModel:
     meta = read_meta(folder)
     labels = LabelMap(tuple(meta["labels"]))
     if "quantization" in meta:
-        return _quantized(Path(folder), meta, config)
+        loaded = _quantized(Path(folder), meta, config)
+        resume_collecting()
+        return loaded
     if "base_source" in meta:
         loaded = _adapted(folder, meta, labels)
     elif meta["kind"] == "module":
@@ -150,6 +154,7 @@ def load_saved_model(folder: Path, config=None) -> LoadedModel:
         if "image_size" in loaded.preprocessing:
             loaded.image_transform = _simple_transform(**loaded.preprocessing)
     loaded.labels = labels
+    resume_collecting()
     return loaded
 
 

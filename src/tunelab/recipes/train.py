@@ -13,6 +13,7 @@ from accelerate.utils import set_seed
 from rich.console import Console
 from torch.utils.data import Subset
 
+from tunelab.collector import set_up_uncollected
 from tunelab.compress.quantize import measured_as_float
 from tunelab.config import RunConfig, dump_config
 from tunelab.data import prepare_data, read_data
@@ -54,6 +55,11 @@ def run_training(
     optimizer, schedule, every RNG, the position in the epoch, callback state) and the run
     continues as if it had never stopped.
     """
+    with set_up_uncollected():  # until the model is loaded (the command line pauses it sooner)
+        return _run_training(config, run_dir, console, progress, resume, callbacks)
+
+
+def _run_training(config: RunConfig, run_dir: Path, console, progress: bool, resume: bool, callbacks: tuple) -> dict:
     quiet_libraries()
     console = console or Console(stderr=True)
     # Built before this run makes its Accelerator and seeds: building is a nested run that would
