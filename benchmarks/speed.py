@@ -27,8 +27,10 @@ and the median of ``--repeats`` is reported. Scenarios:
   batches, short blocks of tunelab's ``fit`` and of the plain loop alternate (``PAIRS`` pairs),
   and the ratio is the median of the pairs' ratios.
 
-The start-up scenarios also time a process that only imports what any text run needs (torch,
-transformers' BERT, Accelerate, pandas): the floor a cached start cannot go below. tunelab's own
+The start-up scenarios run ``tunelab train`` as a user does (``tunelab.cli.main``), and also
+time a process that only imports what any text run needs (torch, transformers' BERT, Accelerate,
+pandas), with the cyclic garbage collector paused as a tunelab command's set-up has it: the
+floor a cached start cannot go below. tunelab's own
 modules are compiled to bytecode first, as pip compiles any installed package (an editable
 install is not, and where ``PYTHONDONTWRITEBYTECODE`` is set, as on this machine, they would be
 compiled again in every process).
@@ -226,16 +228,16 @@ def adamw(model, lr: float):
 
 
 def worker(framework: str, scenario: str, paths: dict) -> dict:
+    if framework == "imports":  # start-up is timed from the process start: nothing imported before
+        return run_imports()
+    if scenario.startswith("startup"):
+        return run_startup(scenario, paths)
     import torch
 
     if scenario in PAIRED:
         return run_paired(scenario, paths)
     if framework == "tunelab":
         return run_tunelab(scenario, paths)
-    if framework == "imports":
-        return run_imports()
-    if scenario.startswith("startup"):
-        return run_startup(scenario, paths)
     if scenario == "digits-cnn":
         datasets, model, lr, collate = digits_data(), digits_model(), 3e-3, torch.utils.data.default_collate
         evaluation = datasets["test"]
@@ -418,9 +420,11 @@ def run_tunelab(scenario: str, paths: dict) -> dict:
 
 
 def run_startup(scenario: str, paths: dict) -> dict:
-    """One step of tunelab's default text run: what matters here is how long it took to start."""
-    from tunelab.config import validate
-    from tunelab.recipes.train import run_training
+    """One step of tunelab's default text run, as ``tunelab train`` runs it: what matters here is
+    how long it took to start."""
+    import yaml
+
+    from tunelab.cli import main
 
     train = paths["full_train"] if scenario == "startup-full" else paths["train"]
     config = {
@@ -429,21 +433,27 @@ def run_startup(scenario: str, paths: dict) -> dict:
                  "max_length": 64},
         "train": {"max_steps": 1, "checkpoint_every": None},
     }  # fmt: skip
-    run_dir = Path(tempfile.mkdtemp(prefix="tunelab-")) / "run"
-    run_dir.mkdir()
-    results = run_training(validate(config), run_dir, progress=False)
+    folder = Path(tempfile.mkdtemp(prefix="tunelab-"))
+    (folder / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    if main(["train", str(folder / "run.yaml"), "--output", str(folder / "run"), "--quiet"]) != 0:
+        raise SystemExit("tunelab train failed")
+    results = json.loads((folder / "run" / "results.json").read_text(encoding="utf-8"))
     cached = all(results["tokens_from_cache"].values()) and all(results["measured_from_cache"].values())
     return {"startup_seconds": results["startup_seconds"], "rows": results["examples"]["train"], "cached": cached}
 
 
 def run_imports() -> dict:
-    """Only the imports any text run needs before training: the floor of a cached start."""
-    import accelerate  # noqa: F401
-    import pandas  # noqa: F401
-    import torch  # noqa: F401
-    import transformers.modeling_utils  # noqa: F401
-    import transformers.models.bert.modeling_bert  # noqa: F401
-    from transformers import AutoTokenizer  # noqa: F401
+    """Only the imports any text run needs before training: the floor of a cached start. Made as
+    a tunelab command makes its set-up, without the cyclic garbage collector."""
+    from tunelab.collector import set_up_uncollected
+
+    with set_up_uncollected():
+        import accelerate  # noqa: F401
+        import pandas  # noqa: F401
+        import torch  # noqa: F401
+        import transformers.modeling_utils  # noqa: F401
+        import transformers.models.bert.modeling_bert  # noqa: F401
+        from transformers import AutoTokenizer  # noqa: F401
 
     finished = time.time()  # before importing the clock the tunelab runs are timed by (it imports the config)
     from tunelab.recipes.runtime import process_started_at
