@@ -48,6 +48,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -538,8 +539,14 @@ def run_one(framework: str, scenario: str, paths: dict, cache: Path, seed: int) 
     """One run in a fresh process; its peak RSS is read by that process itself."""
     command = [sys.executable, __file__, "--worker", framework, "--scenario", scenario, "--paths", json.dumps(paths)]
     command += ["--seed", str(seed)]
+    # The run's own folders (models, Trainer's output) go in a scratch folder removed after it.
+    scratch = cache.parent / "scratch"
+    scratch.mkdir(exist_ok=True)
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TUNELAB_CACHE": str(cache)}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env | {"TMPDIR": str(scratch)}, check=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if done.returncode != 0:
         raise SystemExit(f"{framework} on {scenario} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
