@@ -387,6 +387,20 @@ def poison(monkeypatch, how) -> None:
     monkeypatch.setattr(train_recipe, "classification_loss", loss)
 
 
+def poison_and_record(monkeypatch, how) -> list[float]:
+    """``poison``, and the loss of every call (1-based, as ``how`` counts them) in the list returned."""
+    poison(monkeypatch, how)
+    poisoned, losses = train_recipe.classification_loss, []
+
+    def recorded(model, batch):
+        loss = poisoned(model, batch)
+        losses.append(float(loss.detach()))
+        return loss
+
+    monkeypatch.setattr(train_recipe, "classification_loss", recorded)
+    return losses
+
+
 def test_a_batch_that_gives_inf_is_skipped_and_counted(capsys, monkeypatch, tmp_path):
     poison(monkeypatch, {3: "input", 7: "loss"}.get)
     config = write_yaml(tmp_path / "run.yaml", cnn_config(epochs=1, checkpoint_every=None))
@@ -403,15 +417,7 @@ def test_a_batch_that_gives_inf_is_skipped_and_counted(capsys, monkeypatch, tmp_
 def test_the_logged_loss_is_the_mean_over_the_steps_taken(capsys, monkeypatch, tmp_path):
     """Two of 15 steps are skipped, so the run never reaches its 15th step: the losses of the 13
     taken are still logged, once the run ends, and the skipped steps' are not among them."""
-    poison(monkeypatch, {3: "input", 7: "loss"}.get)
-    poisoned, losses = train_recipe.classification_loss, []
-
-    def recorded(model, batch):
-        loss = poisoned(model, batch)
-        losses.append(float(loss.detach()))
-        return loss
-
-    monkeypatch.setattr(train_recipe, "classification_loss", recorded)
+    losses = poison_and_record(monkeypatch, {3: "input", 7: "loss"}.get)
     config = cnn_config(epochs=1, checkpoint_every=None, log_every=STEPS_PER_EPOCH, eval_every="epoch")
     code, err = run_cli(capsys, "train", write_yaml(tmp_path / "run.yaml", config), "-o", tmp_path / "run", "-q")
     assert code == 0, err
@@ -455,15 +461,7 @@ def test_skipping_on_the_device_trains_exactly_as_reading_the_norm_does_when_not
 def test_on_the_device_a_skipped_step_changes_nothing_but_keeps_its_place_in_the_schedule(
     capsys, monkeypatch, tmp_path
 ):
-    poison(monkeypatch, {3: "input", 7: "loss"}.get)
-    poisoned, losses = train_recipe.classification_loss, []
-
-    def recorded(model, batch):
-        loss = poisoned(model, batch)
-        losses.append(float(loss.detach()))
-        return loss
-
-    monkeypatch.setattr(train_recipe, "classification_loss", recorded)
+    losses = poison_and_record(monkeypatch, {3: "input", 7: "loss"}.get)
     config = cnn_config(epochs=1, checkpoint_every=None, log_every=STEPS_PER_EPOCH, nonfinite_check="device")
     code, err = run_cli(capsys, "train", write_yaml(tmp_path / "run.yaml", config), "-o", tmp_path / "run", "-q")
     assert code == 0, err

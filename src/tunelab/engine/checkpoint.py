@@ -72,6 +72,11 @@ def load_weights(model: torch.nn.Module, folder: Path) -> dict:
 # -- full checkpoints ------------------------------------------------------------------------------
 
 
+def saves_at_step(every, step: int) -> bool:
+    """Whether ``train.checkpoint_every`` (``epoch``, N or None) asks for a checkpoint at ``step``."""
+    return isinstance(every, int) and step % every == 0
+
+
 class Checkpointer(Callback):
     """Save a resumable checkpoint each epoch or every N steps; keep the newest few and the best."""
 
@@ -94,7 +99,7 @@ class Checkpointer(Callback):
 
     def on_step_end(self, state: TrainState) -> None:
         # Amid a run of non-finite steps the last checkpoint before them stays the newest.
-        if isinstance(self.every, int) and state.step % self.every == 0 and not state.consecutive_skips:
+        if saves_at_step(self.every, state.step) and not state.consecutive_skips:
             self.save(state, epoch=state.epoch, batches=state.batches_into_epoch)
 
     def on_epoch_end(self, state: TrainState) -> None:

@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from tunelab.config import TrainConfig
 from tunelab.engine.callbacks import Callback, TrainState
-from tunelab.engine.checkpoint import restore_rng
+from tunelab.engine.checkpoint import restore_rng, saves_at_step
 from tunelab.engine.device_skips import DeviceSkips, skips_on_device
 from tunelab.engine.lean import backward_pass, gradient_clipper, stepped_optimizer
 
@@ -133,7 +133,7 @@ def fit(
             state.step += 1
             logs = state.step % config.log_every == 0 or state.step == total
             evaluates = isinstance(config.eval_every, int) and state.step % config.eval_every == 0
-            if skips is not None and (logs or evaluates or _checkpoints(config, state.step)):
+            if skips is not None and (logs or evaluates or saves_at_step(config.checkpoint_every, state.step)):
                 skips.settle(state, config.max_bad_steps)
             if logs and state.running_count:  # none to log when every step since the last was skipped
                 _log(accelerator, state, fire, step_lr)
@@ -179,11 +179,6 @@ def _optimizer_step(accelerator, optimizer, clip, parameters, config: TrainConfi
     if finite or accelerator.scaler is not None:
         optimizer.step()
     return finite and not getattr(optimizer, "step_was_skipped", False)
-
-
-def _checkpoints(config: TrainConfig, step: int) -> bool:
-    every = config.checkpoint_every
-    return isinstance(every, int) and step % every == 0
 
 
 def _copy(sources: list[torch.Tensor], targets: list[torch.Tensor]) -> None:
