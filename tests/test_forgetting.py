@@ -225,13 +225,38 @@ def test_measuring_forgetting_leaves_the_run_it_measures_unchanged(tmp_path, cap
     assert (tmp_path / "plain" / model).read_bytes() == (tmp_path / "measured" / model).read_bytes()
 
 
-@pytest.mark.parametrize("method", ["ewc", "replay", "l2sp", "lwf"])
-def test_each_method_forgets_less_than_naive_fine_tuning(tmp_path, capsys, method):
-    settings = {"ewc": {"strength": 100.0}, "replay": {"fraction": 0.5}, "l2sp": {"strength": 0.1}, "lwf": {}}
-    naive = train(tmp_path, transfer_config(), "naive", capsys)["retain"]["digits 0-4"]["forgetting"]
-    guarded = train(tmp_path, transfer_config(**{method: settings[method]}), method, capsys)
-    assert guarded["retain"]["digits 0-4"]["forgetting"] < naive / 2, (method, naive)
-    assert guarded["forgetting_methods"][method] is not None
+# Forgetting after fine-tuning a CNN at a high rate is chaotic: a different CPU's kernels, or one
+# seed more, give a different digits-cnn and a different run. Measured on this transfer (three
+# base models, perturbed by a 2% and 4% pretraining rate, each fine-tuned with seeds 0-2, and the
+# same under ATEN_CPU_CAPABILITY=default), in points: naive 22-42 per run; EWC at 1000, 0.5-1.1;
+# L2-SP at 1.0, 0.3-1.2; LwF 1.6-7.3; replay at 4x the batch, 2.2-8.5. Single runs overlap at
+# those tails, so each method is compared with naive by the mean over three seeds, where the
+# closest pair is still 3x apart.
+FORGETTING_SEEDS = (0, 1, 2)
+GUARDS = {"ewc": {"strength": 1000.0}, "l2sp": {"strength": 1.0}, "lwf": {"strength": 1.0}, "replay": {"fraction": 4.0}}
+
+
+def mean_forgetting(folder, **forgetting) -> tuple[float, list[float]]:
+    runs = []
+    for seed in FORGETTING_SEEDS:
+        config = transfer_config(**forgetting) | {"seed": seed}
+        results = train(folder, config, f"{'-'.join(forgetting) or 'naive'}-{seed}")
+        runs.append(results["retain"]["digits 0-4"]["forgetting"])
+        assert set(results["forgetting_methods"]) >= set(forgetting)
+    return sum(runs) / len(runs), runs
+
+
+@pytest.fixture(scope="module")
+def naive_forgetting(tmp_path_factory) -> tuple[float, list[float]]:
+    return mean_forgetting(tmp_path_factory.mktemp("naive"))
+
+
+@pytest.mark.parametrize("method", list(GUARDS))
+def test_each_method_forgets_less_than_naive_fine_tuning(tmp_path, method, naive_forgetting):
+    naive, naive_runs = naive_forgetting
+    guarded, runs = mean_forgetting(tmp_path, **{method: GUARDS[method]})
+    assert naive > 0.05, naive_runs  # naive fine-tuning at this rate visibly forgets
+    assert guarded < naive / 2, (method, runs, naive_runs)
 
 
 def test_a_resumed_replay_run_draws_the_same_rows_and_ends_the_same(tmp_path, capsys):
@@ -279,7 +304,7 @@ def test_compare_runs_strategy_plus_method_with_exactly_the_methods_named(tmp_pa
     assert ewc.methods == ["ewc"] and ewc.ewc.strength == 7.0  # compare's own settings
     both = strategy_config(config, "partial+lwf+replay")
     assert both.strategy.name == "partial" and both.forgetting.methods == ["lwf", "replay"]
-    assert both.forgetting.replay.fraction == 0.25  # the default when compare names no settings
+    assert both.forgetting.replay.fraction == 1.0  # the default when compare names no settings
     from tunelab.errors import UserError
 
     with pytest.raises(UserError, match="'forget' .* is not a forgetting method"):

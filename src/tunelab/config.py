@@ -392,8 +392,14 @@ class LwfSection(Section):
 
 
 class ReplaySection(Section):
-    fraction: float = Field(0.25, gt=0.0, le=4.0, description="retain rows added per batch, as a fraction of it")
-    weight: float = Field(1.0, gt=0.0, description="weight of the loss on those rows")
+    # Rows per step, not the loss weight, is what keeps the old task: Adam's step does not grow with
+    # the weight, and the old task rehearsed alone at a rate above its pretraining one loses as much
+    # as it does beside the new task when its batch is small (README, "Forgetting"). Experience
+    # replay's equal split of old and new rows (Chaudhry et al. 2019) is the default.
+    fraction: float = Field(
+        1.0, gt=0.0, le=4.0, description="retain rows added per batch, as a fraction of it (1: as many as new rows)"
+    )
+    weight: float = Field(1.0, gt=0.0, description="weight of the loss on those rows (Adam's step barely feels it)")
 
 
 SPLIT_DIGITS = "split-digits"
