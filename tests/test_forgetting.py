@@ -208,7 +208,9 @@ def test_a_run_reports_what_the_base_model_knew_before_and_after(tmp_path, capsy
     assert "what the base model knew (kept by: none)" in out and "digits 0-4" in out and "linear CKA" in out
     results = json.loads((tmp_path / "naive" / "results.json").read_text())
     retained = results["retain"]["digits 0-4"]
-    assert retained["base"]["accuracy"] > 0.85  # the pretrained head on its own unseen test rows
+    # The pretrained head on its own unseen test rows: 0.919-0.922 on the four base models measured
+    # below; naive forgetting at this rate: 9.7-44.4 points over them and seeds 0-2.
+    assert retained["base"]["accuracy"] > 0.85
     assert retained["base"]["examples"] == retained["final"]["examples"] > 100
     assert retained["forgetting"] == pytest.approx(retained["base"]["accuracy"] - retained["final"]["accuracy"])
     assert retained["forgetting"] > 0.05  # naive fine-tuning at this rate visibly forgets
@@ -225,13 +227,13 @@ def test_measuring_forgetting_leaves_the_run_it_measures_unchanged(tmp_path, cap
     assert (tmp_path / "plain" / model).read_bytes() == (tmp_path / "measured" / model).read_bytes()
 
 
-# Forgetting after fine-tuning a CNN at a high rate is chaotic: a different CPU's kernels, or one
-# seed more, give a different digits-cnn and a different run. Measured on this transfer (three
-# base models, perturbed by a 2% and 4% pretraining rate, each fine-tuned with seeds 0-2, and the
-# same under ATEN_CPU_CAPABILITY=default), in points: naive 22-42 per run; EWC at 1000, 0.5-1.1;
-# L2-SP at 1.0, 0.3-1.2; LwF 1.6-7.3; replay at 4x the batch, 2.2-8.5. Single runs overlap at
-# those tails, so each method is compared with naive by the mean over three seeds, where the
-# closest pair is still 3x apart.
+# Forgetting after fine-tuning a CNN at a high rate is chaotic: another CPU's kernels, or one seed
+# more, give a different digits-cnn and a different run. Measured on this transfer with four base
+# models (this machine's; pretrained at a 2% and a 4% higher rate; ATEN_CPU_CAPABILITY=default, the
+# unvectorised kernels of another CPU), each fine-tuned with seeds 0-2, in points: naive 9.7-44.4
+# per run (9.7 is the kind of run that failed a single-seed test elsewhere); EWC at 1000, 0.5-1.4;
+# L2-SP at 1.0, 0.3-1.2; LwF 1.6-7.3; replay at 4x the batch, 1.9-8.5. Means over the three seeds:
+# naive 28.2-35.9, the highest method's 5.4, at least 5x apart; a mean below half of naive's holds.
 FORGETTING_SEEDS = (0, 1, 2)
 GUARDS = {"ewc": {"strength": 1000.0}, "l2sp": {"strength": 1.0}, "lwf": {"strength": 1.0}, "replay": {"fraction": 4.0}}
 
