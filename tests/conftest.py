@@ -46,9 +46,13 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path_factory.getbasetemp() / "tunelab-cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    # Session-wide, so module fixtures (set up before any function-scoped one) use it too, never
+    # ~/.cache/tunelab, whose digits-cnn may have been built elsewhere.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNELAB_CACHE", str(tmp_path_factory.getbasetemp() / "tunelab-cache"))
+        yield
 
 
 def save_tiny_encoder(folder: Path, model_class, config_class, tokenizer, **settings) -> Path:

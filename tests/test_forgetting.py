@@ -250,11 +250,7 @@ def mean_forgetting(folder, **forgetting) -> tuple[float, list[float]]:
 
 @pytest.fixture(scope="module")
 def naive_forgetting(tmp_path_factory) -> tuple[float, list[float]]:
-    # Module fixtures run before the per-test cache isolation: point at the same session cache, so
-    # naive fine-tunes the very digits-cnn the guarded runs do (not one in ~/.cache).
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TUNELAB_CACHE", str(tmp_path_factory.getbasetemp() / "tunelab-cache"))
-        return mean_forgetting(tmp_path_factory.mktemp("naive"))
+    return mean_forgetting(tmp_path_factory.mktemp("naive"))
 
 
 @pytest.mark.parametrize("method", list(GUARDS))
