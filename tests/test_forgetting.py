@@ -209,11 +209,12 @@ def test_a_run_reports_what_the_base_model_knew_before_and_after(tmp_path, capsy
     results = json.loads((tmp_path / "naive" / "results.json").read_text())
     retained = results["retain"]["digits 0-4"]
     # The pretrained head on its own unseen test rows: 0.919-0.922 on the four base models measured
-    # below; naive forgetting at this rate: 9.7-44.4 points over them and seeds 0-2.
+    # below; naive forgetting at this rate: 9.7-44.4 points over them and seeds 0-2, so the bound
+    # below sits almost 5x under the lowest run seen.
     assert retained["base"]["accuracy"] > 0.85
     assert retained["base"]["examples"] == retained["final"]["examples"] > 100
     assert retained["forgetting"] == pytest.approx(retained["base"]["accuracy"] - retained["final"]["accuracy"])
-    assert retained["forgetting"] > 0.05  # naive fine-tuning at this rate visibly forgets
+    assert retained["forgetting"] > 0.02  # naive fine-tuning at this rate visibly forgets
     assert 0.0 < results["drift"]["validation_cka"] < 1.0
     page = (tmp_path / "naive" / "report.html").read_text()
     assert "<h2>Forgetting</h2>" in page and "Feature drift" in page

@@ -61,14 +61,18 @@ def test_digits_a_run_at_the_suggestion_learns_and_one_at_100x_does_worse(tmp_pa
 
 
 def test_tiny_bert_a_run_at_the_suggestion_learns_and_one_at_100x_does_worse(tmp_path, capsys, text_config):
-    text_config["train"] |= {"epochs": 10, "checkpoint_every": None}
+    # 30 epochs (240 steps): the tiny BERT sits on the 0.693 plateau for a while, and after 10 epochs
+    # two seeds in six had barely left it (accuracy 0.69, loss 0.692 against 100x's 0.693). After
+    # 30, seeds 0-5 on this CPU and with another CPU's kernels (ATEN_CPU_CAPABILITY=default): accuracy
+    # 1.0, loss 0.21-0.54 (base 0.693) against 100x's 0.72-9.1.
+    text_config["train"] |= {"epochs": 30, "checkpoint_every": None}
     # 300 steps: at the default 100 (12 a decade) the loss of this toy task had not yet fallen when it
     # diverged, for two seeds in five; at 300 it fell for all five.
     text_config["optim"] |= {"lr_find_steps": 300}
     found = lr_find(tmp_path, text_config, capsys)
     good = train_at(tmp_path, text_config, found["suggested"], "good", capsys)
     bad = train_at(tmp_path, text_config, min(10.0, 100 * found["suggested"]), "bad", capsys)
-    assert good["final"]["validation"]["loss"] < good["base"]["validation"]["loss"]
+    assert good["final"]["validation"]["loss"] < good["base"]["validation"]["loss"] - 0.1
     assert good["final"]["validation"]["accuracy"] > 0.8
     assert bad["diverged"] or bad["final"]["validation"]["loss"] > good["final"]["validation"]["loss"]
 
@@ -77,7 +81,10 @@ def test_lora_and_full_fine_tuning_get_their_own_rates(tmp_path, capsys):
     full = lr_find(tmp_path, DIGITS, capsys, "full")
     lora = lr_find(tmp_path, DIGITS | {"strategy": {"name": "lora"}}, capsys, "lora")
     assert lora["trainable_parameters"] < full["trainable_parameters"] / 2
-    assert lora["suggested"] > 1.2 * full["suggested"]  # fewer, freshly added weights take larger steps
+    # The range test ran on the LoRA model, not the full one: same seed and data, another curve.
+    assert lora["losses"] != full["losses"]
+    # LoRA's suggestion is larger as a rule but not always: lora/full was 1.0-2.4 over seeds 0-5
+    # with another CPU's kernels (ATEN_CPU_CAPABILITY=default), so the ratio is not asserted.
     lora_run = train_at(tmp_path, DIGITS | {"strategy": {"name": "lora"}}, lora["suggested"], "lora-run", capsys)
     assert lora_run["final"]["validation"]["loss"] < lora_run["base"]["validation"]["loss"]
 

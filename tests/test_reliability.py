@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 import tunelab.engine.checkpoint as checkpoint_module
 import tunelab.recipes.train as train_recipe
 from tunelab.cli import main
+from tunelab.engine.callbacks import TrainState
 from tunelab.engine.checkpoint import CorruptCheckpoint, complete_checkpoints, verify
 
 DIGITS = {"train": "digits", "digits_classes": [0, 1, 2], "digits_train_per_class": 40}
@@ -56,7 +57,11 @@ def results_of(run_dir: Path) -> dict:
 
 
 def checkpoint_names(run_dir: Path) -> list[str]:
-    return [folder.name for folder in complete_checkpoints(run_dir / "checkpoints")]
+    return checkpoint_names_in(run_dir / "checkpoints")
+
+
+def checkpoint_names_in(root: Path) -> list[str]:
+    return [folder.name for folder in complete_checkpoints(root)]
 
 
 def partial_folders(run_dir: Path) -> list[Path]:
@@ -356,13 +361,25 @@ def test_killed_during_the_final_evaluation_resumes_to_the_same_results(capsys, 
 
 
 def test_keep_checkpoints_keeps_the_newest_and_the_best(finished_run):
-    best_step = results_of(finished_run)["best"]["step"]
+    # Which step is best depends on the run (another CPU's kernels can move it by a step or two), so
+    # the rule is checked as it applies; the pruning of an older best is pinned by the next test.
+    best = f"step-{results_of(finished_run)['best']['step']:06d}"
     newest = [f"step-{step:06d}" for step in range(2 * STEPS_PER_EPOCH, 0, -3)][:3]
-    assert best_step is not None and best_step < 24, "the best step must be older than the kept three"
-    assert checkpoint_names(finished_run) == [*newest, f"step-{best_step:06d}"]
+    assert checkpoint_names(finished_run) == newest + ([] if best in newest else [best])
     for folder in complete_checkpoints(finished_run / "checkpoints"):
         verify(folder)
     assert partial_folders(finished_run) == []
+
+
+def test_pruning_keeps_an_older_best_checkpoint_beside_the_newest_few(tmp_path):
+    for step in range(3, 31, 3):
+        (tmp_path / f"step-{step:06d}").mkdir()
+    metrics = tmp_path / "metrics.jsonl"
+    keeper = checkpoint_module.Checkpointer(tmp_path, 3, 3, None, None, None, None, {}, metrics, dict)
+    keeper._prune(TrainState(total_steps=30, steps_per_epoch=15, step=30, best_step=6))
+    assert checkpoint_names_in(tmp_path) == ["step-000030", "step-000027", "step-000024", "step-000006"]
+    keeper._prune(TrainState(total_steps=30, steps_per_epoch=15, step=30, best_step=27))
+    assert checkpoint_names_in(tmp_path) == ["step-000030", "step-000027", "step-000024"]
 
 
 # -- non-finite steps ------------------------------------------------------------------------------

@@ -138,7 +138,8 @@ def test_two_objectives_give_a_pareto_front(tmp_path, capsys):
 def tune_process(config_path, output, trials: int, storage: str | None = None, log=None) -> subprocess.Popen:
     command = [sys.executable, "-m", "tunelab", "tune", str(config_path), "--trials", str(trials), "-o", str(output)]
     command += ["--storage", storage] if storage else []
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    # One thread, like the in-process tests: two of these share the machine's cores.
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
 
 
