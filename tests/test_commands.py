@@ -57,6 +57,19 @@ def test_set_overrides_reach_the_resolved_config(text_run):
     assert results_of(text_run)["epochs_completed"] == 2
 
 
+def test_set_strategy_name_alone_moves_the_files_rate_by_the_strategies_factor(tmp_path, caplog):
+    from tunelab.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"data": {"train": "x.csv"}, "optim": {"lr": 2e-4}}), encoding="utf-8")
+    assert load_config(path, ["strategy.name=lora"]).optim.lr == pytest.approx(2e-3)  # LoRA: 10x full's
+    assert "the file's 0.0002 was set for full; lora trains at 0.002" in caplog.text
+    assert load_config(path, ["strategy.name=lora", "optim.lr=5e-4"]).optim.lr == 5e-4  # a rate given wins
+    assert load_config(path, ["strategy.name=full"]).optim.lr == 2e-4
+    path.write_text(yaml.safe_dump({"data": {"train": "x.csv"}, "strategy": {"name": "ia3"}, "optim": {"lr": 1e-2}}))
+    assert load_config(path, ["strategy.name=bitfit"]).optim.lr == pytest.approx(2e-3)  # 1e-2 / 50 * 10
+
+
 def test_results_hold_base_and_final_metrics_for_every_split(text_run):
     results = results_of(text_run)
     for stage in ("base", "final"):
@@ -172,6 +185,26 @@ def test_predict_texts_match_plain_transformers(text_run, capsys):
     probabilities = plain_transformers_probabilities(text_run, QUERIES)
     assert [row["label"] for row in rows] == [["neg", "pos"][i] for i in probabilities.argmax(-1).tolist()]
     assert [row["probability"] for row in rows] == pytest.approx(probabilities.max(-1).values.tolist(), abs=1e-5)
+    every = [[row["probabilities"][name] for name in ("neg", "pos")] for row in rows]  # each class, not only the top
+    assert every == [pytest.approx(expected, abs=1e-5) for expected in probabilities.tolist()]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_predict_writes_every_prediction_to_a_file_and_never_over_one(text_run, tmp_path, capsys, suffix):
+    target = tmp_path / f"predictions{suffix}"
+    two = ["--text", QUERIES[0], "--text", QUERIES[1]]
+    printed = run_json(capsys, ["predict", str(text_run), *two, "-o", str(target)])
+    if suffix == ".jsonl":
+        assert read_jsonl(target) == printed
+    else:
+        import pandas as pd
+
+        frame = pd.read_csv(target)
+        assert list(frame.columns) == ["input", "label", "probability", "p(neg)", "p(pos)"]
+        assert frame["p(pos)"].tolist() == pytest.approx([row["probabilities"]["pos"] for row in printed])
+    before = target.read_bytes()
+    assert main(["predict", str(text_run), "--text", "again", "-o", str(target)]) == 2
+    assert "already exists" in capsys.readouterr().err and target.read_bytes() == before
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".txt"])

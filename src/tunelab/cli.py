@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = predict.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="csv/tsv/jsonl/parquet/txt file, an image, or a folder of images")
     source.add_argument("--text", action="append", help="text to classify (repeatable)")
+    predict.add_argument("--output", "-o", help="also write every prediction to a .jsonl/.json/.csv/.tsv file")
     _common(predict)
 
     demo = commands.add_parser("demo", help="transfer learning on digits in about a minute")
@@ -479,12 +480,18 @@ def cmd_eval(args) -> dict:
 
 
 def cmd_predict(args) -> list[dict]:
-    from tunelab.recipes.predict import run_prediction
+    from tunelab.recipes.predict import run_prediction, write_predictions
     from tunelab.report.terminal import predictions_table
 
+    if args.output and Path(args.output).exists():  # before the model loads, not after
+        raise UserError(f"--output: {args.output} already exists; choose another file")
     rows = run_prediction(Path(args.run_dir), args.input, args.text)
+    if args.output:
+        write_predictions(rows, Path(args.output))
     if not args.json:
         stdout.print(predictions_table(rows))
+        if args.output:
+            stdout.print(f"{len(rows)} predictions written to {args.output}")
     return rows
 
 

@@ -6,6 +6,7 @@ by pydantic. Any problem becomes a :class:`UserError` naming the key path and wh
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tunelab.errors import UserError
-from tunelab.rates import HIGHEST_RATE, default_rate
+from tunelab.rates import HIGHEST_RATE, STRATEGY_FACTOR, default_rate
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_TASKS = ("text-classification", "image-classification")
 PLANNED_TASKS = ("token-classification", "causal-lm", "seq2seq", "image-text")
@@ -665,9 +668,42 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
     raw: dict[str, Any] = dict(base or {})
     if path is not None:
         raw = read_yaml(Path(path))
+    written = _strategy_and_rate(raw)
     for override in overrides:
         apply_override(raw, override)
+    if not any(override.partition("=")[0].strip() == "optim.lr" for override in overrides):
+        _rescale_rate_for_new_strategy(raw, *written)
     return validate(raw, source=str(path) if path else "config")
+
+
+def _strategy_and_rate(raw: dict[str, Any]) -> tuple[Any, Any]:
+    strategy, optim = raw.get("strategy"), raw.get("optim")
+    name = strategy.get("name", "full") if isinstance(strategy, dict) else "full"
+    return name, optim.get("lr") if isinstance(optim, dict) else None
+
+
+def _rescale_rate_for_new_strategy(raw: dict[str, Any], written_name: Any, written_rate: Any) -> None:
+    """A rate written in the file was chosen for the file's strategy: ``--set strategy.name=lora``
+    alone moves it by the strategies' factors (tunelab.rates), as ``compare`` does, and says so."""
+    name, rate = _strategy_and_rate(raw)
+    known = STRATEGY_FACTOR.keys()
+    if not isinstance(name, str) or not isinstance(written_name, str) or name == written_name:
+        return
+    if written_name not in known or name not in known:
+        return
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or rate != written_rate:
+        return
+    moved = min(HIGHEST_RATE, rate * STRATEGY_FACTOR[name] / STRATEGY_FACTOR[written_name])
+    raw["optim"]["lr"] = moved
+    log.warning(
+        "optim.lr: the file's %g was set for %s; %s trains at %.3g (x%g, the strategies' usual ratio); "
+        "--set optim.lr=... picks a rate yourself",
+        rate,
+        written_name,
+        name,
+        moved,
+        STRATEGY_FACTOR[name] / STRATEGY_FACTOR[written_name],
+    )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

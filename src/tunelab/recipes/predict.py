@@ -42,11 +42,45 @@ def run_prediction(run_dir: Path, input_path: str | None, texts: list[str] | Non
         for start in range(0, len(inputs), BATCH):
             chunk = inputs[start : start + BATCH]
             probabilities = torch.softmax(output_logits(model(**encode(chunk))).float(), dim=-1)
-            best = probabilities.max(dim=-1)
-            for item, index, probability in zip(chunk, best.indices.tolist(), best.values.tolist(), strict=True):
+            for item, row in zip(chunk, probabilities.tolist(), strict=True):
+                index = max(range(len(row)), key=row.__getitem__)
                 shown = list(item) if isinstance(item, tuple) else str(item)
-                rows.append({"input": shown, "label": labels[index], "probability": probability})
+                every = dict(zip(labels, row, strict=True))
+                rows.append({"input": shown, "label": labels[index], "probability": row[index], "probabilities": every})
     return rows
+
+
+def write_predictions(rows: list[dict], path: Path) -> None:
+    """Predictions as ``.jsonl`` (one row a line), ``.json`` (a list) or ``.csv``/``.tsv`` (one
+    column per class probability); an existing file is never replaced."""
+    import json
+
+    import pandas as pd
+
+    from tunelab.io import write_atomic
+
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
+        raise UserError(f"--output: {path} must end in .jsonl, .json, .csv or .tsv")
+    if path.exists():
+        raise UserError(f"--output: {path} already exists; choose another file")
+    if not path.parent.is_dir():
+        raise UserError(f"--output: the folder {path.parent} does not exist")
+    if suffix == ".jsonl":
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    elif suffix == ".json":
+        text = json.dumps(rows, ensure_ascii=False, indent=1)
+    else:
+        flat = [
+            {"input": " | ".join(r["input"]) if isinstance(r["input"], list) else r["input"], "label": r["label"],
+             "probability": r["probability"]} | {f"p({name})": p for name, p in r["probabilities"].items()}
+            for r in rows
+        ]  # fmt: skip
+        text = pd.DataFrame(flat).to_csv(index=False, sep="," if suffix == ".csv" else "\t")
+    try:
+        write_atomic(path, text)
+    except OSError as error:
+        raise UserError(f"--output: cannot write {path}: {error.strerror or error}") from None
 
 
 def _encode_texts(tokenizer, chunk: list, max_length: int) -> dict:

@@ -10,7 +10,8 @@ from tunelab.report.html import STYLE, image
 
 def suggestion_lines(found: dict) -> list[str]:
     return [
-        f"suggested learning rate: {found['suggested']:.3g}",
+        f"suggested learning rate: {found['suggested']:.3g} (the middle of the descent, "
+        f"{found['descent'][0]:.3g} to {found['descent'][1]:.3g})",
         f"  steepest descent: {found['steepest']:.3g}; minimum / 10: {found['minimum_tenth']:.3g}",
         f"  range test: {len(found['rates'])} steps, {found['stopped']}",
     ]
@@ -23,6 +24,7 @@ def lr_find_page(found: dict) -> str:
         f"<h1>Learning-rate range test ({escape(found['strategy'])}, "
         f"{found['trainable_parameters']:,} trainable parameters)</h1><ul>{lines}</ul>"
         + image(plots.lr_range(found), "loss against learning rate")
-        + "<p>The rate rises exponentially, one batch per step; the smoothed loss is an exponential "
-        "moving average. The suggestion is the smaller of the steepest descent and a tenth of the minimum.</p>"
+        + "<p>The rate rises exponentially, one batch per step; the smoothed loss is a centred moving "
+        "average. The descent runs from the last point on the starting plateau to the minimum; the "
+        "suggestion is its middle on the log-rate axis (as fastai's valley).</p>"
     )

@@ -133,6 +133,7 @@ def lr_range(found: dict) -> str:
     figure, axis = plt.subplots(figsize=(6, 3.6))
     axis.plot(found["rates"], found["losses"], alpha=0.3, label="loss")
     axis.plot(found["rates"], found["smoothed"], label="smoothed loss")
+    axis.axvspan(*found["descent"], color="tab:green", alpha=0.08, label="descent")
     for key, style in (("steepest", ":"), ("minimum_tenth", "--"), ("suggested", "-")):
         axis.axvline(found[key], linestyle=style, color="black", alpha=0.6, label=f"{key} {found[key]:.2g}")
     axis.set_xscale("log")
