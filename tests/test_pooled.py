@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from tunelab.cli import main
 from tunelab.config import validate
@@ -63,7 +64,7 @@ def test_a_pooled_run_saves_a_plain_encoder_and_reloads_to_the_same_numbers(
     results = run_training(validate(config), prepare_run_dir(tmp_path / "run", False), progress=False)
     folder = tmp_path / "run" / MODEL
     assert json.loads((folder / "tunelab.json").read_text())["pooling"] == "mean"
-    assert (folder / "classifier.safetensors").exists()
+    assert (folder / "modules.json").exists() and (folder / "2_Dense" / "model.safetensors").exists()
     encoder = AutoModel.from_pretrained(folder)  # plain transformers reads the fine-tuned encoder
     base = AutoModel.from_pretrained(tiny_sentence_model)
     moved = [not torch.equal(a, b) for a, b in zip(encoder.parameters(), base.parameters(), strict=False)]
@@ -79,6 +80,19 @@ def test_a_pooled_run_saves_a_plain_encoder_and_reloads_to_the_same_numbers(
     assert loaded(folder).fresh_head == []
     other = load_model(validate({"model": {"source": str(folder)}, "data": {"train": "x"}}), LabelMap(("a", "b")))
     assert other.fresh_head == ["classifier.bias", "classifier.weight"]
+
+    # A folder saved before the sentence-transformers layout kept its head in classifier.safetensors.
+    dense = load_file(folder / "2_Dense" / "model.safetensors")
+    save_file({"weight": dense["linear.weight"], "bias": dense["linear.bias"]}, folder / "classifier.safetensors")
+    shutil.rmtree(folder / "2_Dense")
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test"]["loss"] == pytest.approx(results["final"]["test"]["loss"])
+
+    # Without any head it is refused, not read with a random one.
+    (folder / "classifier.safetensors").unlink()
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lacks trained weights (classifier.bias, classifier.weight)" in err and len(err.splitlines()) == 1
 
 
 def test_every_parameter_of_a_pooled_model_gets_a_gradient(tiny_sentence_model):

@@ -1,14 +1,18 @@
 """Save and reload models a parameter-efficient strategy wrapped: PEFT adapters and bottleneck adapters.
 
 Only what trained is written. A PEFT model goes out in PEFT's own format (``adapter_config.json``
-and ``adapter_model.safetensors``), so ``PeftModel.from_pretrained(base, folder)`` loads it
-without tunelab; bottleneck adapters go to ``adapter.safetensors`` with their placement in
-``tunelab.json``. Reloading rebuilds the base model from ``base_source`` and puts the adapter on.
+with the base model's portable name, ``adapter_model.safetensors``, and the classifier's
+``config.json`` with the run's labels), so ``AutoPeftModelForSequenceClassification`` loads it
+without tunelab. On a pooled classifier the adapter is the encoder's, in the sentence-transformers
+layout beside the head (``SentenceTransformer(folder)`` loads it). Bottleneck adapters go to
+``adapter.safetensors`` with their placement in ``tunelab.json``. Reloading rebuilds the base model
+from ``base_source`` and puts the adapter on; a saved adapter that lacks any of its weights is refused.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +24,10 @@ from tunelab.io import read_safetensors
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 BASE_STATE = "base_state.safetensors"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # how PEFT names the wrapped model's weights in its files
+ENCODER_PREFIX = PEFT_PREFIX + "encoder."  # ... and a pooled classifier's encoder inside it
+DENSE_WEIGHTS_NAME = "2_Dense/model.safetensors"
 
 
 def is_peft(model: nn.Module) -> bool:
@@ -55,22 +63,92 @@ def without_adapter(model: nn.Module, unwrapped: nn.Module):
             yield model
 
 
-def save_adapted(model: nn.Module, staging: Path, whole_base: bool) -> dict:
+def save_adapted(model: nn.Module, staging: Path, whole_base: bool, base_name: str | None, max_length: int) -> dict:
     """Write the adapter into ``staging``; return what ``tunelab.json`` must record about it.
 
     Beside it goes what the base model's folder cannot give back: the running statistics of its
     batch norms (they move while an adapter trains), and, for a base without weights on disk
-    (``whole_base``: a built-in or ``module:function`` model), every base weight.
+    (``whole_base``: a built-in or ``module:function`` model), every base weight. ``base_name``
+    is what the adapter config names as its base (a Hub id or a folder; None for plain modules).
     """
     base_state = _base_state(model, whole_base)
     if base_state:
         save_file(base_state, str(staging / BASE_STATE))
-    if is_peft(model):
+    if not is_peft(model):
+        trained = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+        save_file(trained, str(staging / ADAPTER_WEIGHTS))
+        return {"adapter": bottleneck_settings(model)}
+    from tunelab.models.pooled import PooledClassifier
+
+    settings = model.peft_config["default"]
+    base = model.get_base_model()
+    if isinstance(base, PooledClassifier):
+        _save_encoder_adapter(model, base, staging, base_name, max_length)
+    else:
+        settings.base_model_name_or_path = base_name
         model.save_pretrained(staging, safe_serialization=True)
-        return {"peft": str(model.peft_config["default"].peft_type.value)}
-    trained = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-    save_file(trained, str(staging / ADAPTER_WEIGHTS))
-    return {"adapter": bottleneck_settings(model)}
+        if getattr(base, "config", None) is not None and hasattr(base.config, "save_pretrained"):
+            base.config.save_pretrained(staging)  # the classifier's labels, for AutoPeftModel...(num_labels=...)
+    return {"peft": str(settings.peft_type.value)}
+
+
+def _save_encoder_adapter(model, base, staging: Path, base_name: str | None, max_length: int) -> None:
+    """A pooled classifier's adapter as the encoder's own (PEFT names relative to the encoder),
+    with the pooling and head in the sentence-transformers layout."""
+    import copy
+
+    from peft import get_peft_model_state_dict
+
+    from tunelab.models.sentence_layout import write_sentence_layout
+
+    settings = copy.deepcopy(model.peft_config["default"])
+    settings.base_model_name_or_path, settings.task_type = base_name, "FEATURE_EXTRACTION"
+    settings.modules_to_save, settings.auto_mapping, settings.inference_mode = None, None, True
+    state = get_peft_model_state_dict(model)  # the head here is the trained copy PEFT keeps
+    encoder_state = {
+        PEFT_PREFIX + name[len(ENCODER_PREFIX) :]: value.detach().cpu().contiguous()
+        for name, value in state.items()
+        if name.startswith(ENCODER_PREFIX)
+    }
+    settings.save_pretrained(staging)
+    save_file(encoder_state, str(staging / PEFT_WEIGHTS))
+    head = {key: state[f"{PEFT_PREFIX}classifier.{key}"] for key in ("weight", "bias")}
+    write_sentence_layout(staging, head, base.pooling, max_length)
+
+
+def _load_encoder_adapter(model: nn.Module, folder: Path) -> nn.Module:
+    """The inverse of ``_save_encoder_adapter``: PEFT on the whole pooled classifier again (the
+    head trainable through ``modules_to_save``, as in training), filled from the saved files."""
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+
+    from tunelab.models.pooled import saved_classifier
+
+    settings = PeftConfig.from_pretrained(folder)
+    settings.task_type, settings.modules_to_save, settings.inference_mode = None, ["classifier"], True
+    with warnings.catch_warnings():  # that the base's name is not the pooled classifier's: as intended
+        warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*")
+        wrapped = get_peft_model(model, settings)
+    saved = read_safetensors(folder / PEFT_WEIGHTS, f"{folder}: ")
+    state = {ENCODER_PREFIX + name[len(PEFT_PREFIX) :]: value for name, value in saved.items()}
+    head = saved_classifier(folder, f"{folder}: ")
+    if head is None:
+        raise UserError(f"{folder}: the saved adapter lacks its classifier ({DENSE_WEIGHTS_NAME})")
+    state |= {f"{PEFT_PREFIX}classifier.{key}": value for key, value in head.items()}
+    _require_every_adapter_weight(wrapped, state, folder)
+    set_peft_model_state_dict(wrapped, state)
+    return wrapped
+
+
+def _require_every_adapter_weight(wrapped: nn.Module, saved: dict, folder: Path) -> None:
+    """Refuse an adapter file that lacks weights the adapter has: PEFT would leave them at their
+    initial values (LoRA's B at zero, a random head) and the model would silently be another one."""
+    from peft import get_peft_model_state_dict
+
+    expected = set(get_peft_model_state_dict(wrapped))
+    missing = sorted(expected - set(saved))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UserError(f"{folder}: the saved adapter lacks {len(missing)} of its weights ({shown})")
 
 
 def _base_state(model: nn.Module, whole_base: bool) -> dict:
@@ -95,10 +173,16 @@ def load_adapted(model: nn.Module, folder: Path, meta: dict) -> nn.Module:
     if meta.get("peft"):
         from peft import PeftModel
 
+        from tunelab.models.pooled import PooledClassifier
+
         try:
-            return PeftModel.from_pretrained(model, folder)
+            if isinstance(model, PooledClassifier) and (folder / "modules.json").exists():
+                return _load_encoder_adapter(model, folder)
+            wrapped = PeftModel.from_pretrained(model, folder)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise UserError(f"{folder}: cannot load the PEFT adapter: {first_line(error)}") from None
+        _require_every_adapter_weight(wrapped, read_safetensors(folder / PEFT_WEIGHTS, f"{folder}: "), folder)
+        return wrapped
     from tunelab.strategies.adapter import add_adapters
 
     settings = meta["adapter"]

