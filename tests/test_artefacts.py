@@ -2,7 +2,8 @@
 predicts what `tunelab predict` prints to 1e-5.
 
 One subprocess runs every card's snippet with tunelab made unimportable, so only transformers,
-PEFT and sentence-transformers are there to load the folders.
+PEFT, sentence-transformers and onnxruntime are there to load the folders. Bottleneck adapters
+have no such loader (they are tunelab's own layers); their plain route is the ONNX export.
 """
 
 from __future__ import annotations
@@ -28,8 +29,16 @@ KINDS = {
     "lora": {"strategy": {"name": "lora", "lora": {"r": 4}}},
     "ia3": {"strategy": {"name": "ia3"}},
     "pooled lora": {"strategy": {"name": "lora", "lora": {"r": 4}}, "model": {"pooling": "mean"}},
+    "adapter": {"strategy": {"name": "adapter"}},
 }
-MERGED = {"merged lora": "lora", "merged pooled lora": "pooled lora"}
+# kind -> (the run it comes from, the export's arguments)
+EXPORTS = {
+    "merged lora": ("lora", ["--merge"]),
+    "merged pooled lora": ("pooled lora", ["--merge"]),
+    "onnx adapter": ("adapter", ["--format", "onnx"]),
+    "onnx pooled lora": ("pooled lora", ["--format", "onnx"]),
+}
+NO_PLAIN_LOADER = {"adapter"}
 RUNNER = """
 import json, sys
 sys.modules["tunelab"] = None  # loading must not need tunelab
@@ -39,14 +48,16 @@ for kind, snippet in json.loads(sys.argv[1]).items():
     scope = {}
     with torch.no_grad():
         exec(snippet.replace("texts = ['an example to classify']", f"texts = {json.loads(sys.argv[2])!r}"), scope)
-    found[kind] = scope["probabilities"].tolist()
+    probabilities = scope.get("probabilities")
+    found[kind] = (torch.tensor(scope["logits"]).softmax(-1) if probabilities is None else probabilities).tolist()
 print(json.dumps(found))
 """
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, tiny_bert, sentiment_files) -> dict:
-    """Run directory of each kind, trained far enough from chance that agreement means something."""
+    """kind -> (the folder to load, the run whose predictions it must give), every model trained far
+    enough from chance that agreement means something."""
     from conftest import make_text_config
 
     root = tmp_path_factory.mktemp("artefacts")
@@ -59,11 +70,12 @@ def saved(tmp_path_factory, tiny_bert, sentiment_files) -> dict:
         config["train"] |= {"checkpoint_every": None}
         runs[kind] = root / kind.replace(" ", "-")
         run_training(validate(config), prepare_run_dir(runs[kind], False), progress=False)
-    for kind, source in MERGED.items():
-        runs[kind] = root / kind.replace(" ", "-")
-        runs[kind].mkdir()
-        assert main(["export", str(runs[source]), "--merge", "-o", str(runs[kind] / MODEL), "--json"]) == 0
-    return runs
+    found = {kind: (run / MODEL, run) for kind, run in runs.items()}
+    for kind, (source, arguments) in EXPORTS.items():
+        output = root / kind.replace(" ", "-")
+        assert main(["export", str(runs[source]), *arguments, "-o", str(output), "--json"]) == 0
+        found[kind] = (output, runs[source])
+    return found
 
 
 def card_snippet(folder) -> str:
@@ -72,7 +84,8 @@ def card_snippet(folder) -> str:
 
 
 def test_every_kind_loads_without_tunelab_by_its_cards_snippet(saved, capsys):
-    snippets = {kind: card_snippet(run / MODEL) for kind, run in saved.items()}
+    loadable = {kind: folder for kind, (folder, _) in saved.items() if kind not in NO_PLAIN_LOADER}
+    snippets = {kind: card_snippet(folder) for kind, folder in loadable.items()}
     done = subprocess.run(
         [sys.executable, "-c", RUNNER, json.dumps(snippets), json.dumps(TEXTS)],
         capture_output=True,
@@ -82,8 +95,9 @@ def test_every_kind_loads_without_tunelab_by_its_cards_snippet(saved, capsys):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     plain = json.loads(done.stdout.strip().splitlines()[-1])
-    for kind in saved:
-        rows = run_prediction(saved[MERGED.get(kind, kind)], None, TEXTS)  # a merged export: its run's predictions
+    assert set(plain) == set(KINDS) - NO_PLAIN_LOADER | set(EXPORTS)
+    for kind in plain:
+        rows = run_prediction(saved[kind][1], None, TEXTS)  # an export: its run's own predictions
         labels = list(rows[0]["probabilities"])
         ours = [[row["probabilities"][label] for label in labels] for row in rows]
         assert plain[kind] == [pytest.approx(row, abs=1e-5) for row in ours], kind
@@ -93,7 +107,7 @@ def test_every_kind_loads_without_tunelab_by_its_cards_snippet(saved, capsys):
 
 @pytest.mark.parametrize("kind", ["full", "pooled full", "lora", "pooled lora"])
 def test_each_folder_names_its_labels_and_a_portable_base(saved, kind, tiny_bert):
-    folder = saved[kind] / MODEL
+    folder = saved[kind][0]
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else None
     if config is not None:
         assert config["id2label"] == {"0": "neg", "1": "pos"} and config["label2id"] == {"neg": 0, "pos": 1}
@@ -122,10 +136,21 @@ def test_an_adapter_missing_its_weights_is_refused_naming_them(saved, tmp_path, 
 
     from safetensors.torch import load_file, save_file
 
-    run = shutil.copytree(saved["lora"], tmp_path / "lora")
+    run = shutil.copytree(saved["lora"][1], tmp_path / "lora")
     weights = run / MODEL / "adapter_model.safetensors"
     kept = {name: value for name, value in load_file(weights).items() if "lora_B" not in name}
     save_file(kept, weights)
     assert main(["predict", str(run), "--text", "a fine film"]) == 2
     err = capsys.readouterr().err.strip()
     assert "the saved adapter lacks 4 of its weights" in err and "lora_B" in err and len(err.splitlines()) == 1
+
+
+def test_only_a_pooled_run_exports_as_sentence_transformers(saved, tmp_path, capsys):
+    assert main(["export", str(saved["full"][1]), "--format", "sentence-transformers", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reads transformers' own classification head" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    target = tmp_path / "st"
+    assert main(["export", str(saved["pooled lora"][1]), "--format", "sentence-transformers", "-o", str(target)]) == 0
+    assert (target / "modules.json").exists() and (target / "model.safetensors").exists()  # the whole model, merged
+    assert not (target / "adapter_config.json").exists()

@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir")
     export.add_argument("--output", "-o", required=True, help="folder to write (must not exist)")
     export.add_argument("--merge", action="store_true", help="fold a LoRA/IA3 adapter into the base weights")
+    export.add_argument(
+        "--format",
+        choices=("hf", "sentence-transformers", "onnx"),
+        default="hf",
+        help="hf (default): a Hugging Face folder; sentence-transformers: a pooled run as one; "
+        "onnx: model.onnx checked with onnxruntime",
+    )
     _common(export)
 
     evaluate = commands.add_parser("eval", help="evaluate a finished run")
@@ -459,9 +466,15 @@ def _audit_config(args):
 def cmd_export(args) -> dict:
     from tunelab.recipes.export import run_export
 
-    result = run_export(Path(args.run_dir), Path(args.output), args.merge)
+    result = run_export(Path(args.run_dir), Path(args.output), args.merge, args.format)
     if not args.json:
         stdout.print(f"wrote {result['output']} ({result['size_mb']:.1f} MB, {result['kind']})")
+        if "latency_ms" in result:
+            latency = result["latency_ms"]
+            stdout.print(
+                f"onnxruntime logits match PyTorch to {result['max_abs_difference']:.2g}; one input: "
+                f"{latency['onnxruntime']:.2f} ms onnxruntime, {latency['pytorch']:.2f} ms PyTorch"
+            )
     return result
 
 
