@@ -68,6 +68,24 @@ def test_every_planted_text_fault_is_found(planted, tiny_bert, write_config, cap
     assert page.count("<img") == 2 and "leakage: 3 test rows" in page and "Suspected label errors" in page
 
 
+def test_audit_looks_at_max_train_examples_rows_and_names_them_by_their_file_row(planted, tiny_bert):
+    config = {
+        "model": {"source": str(tiny_bert)},
+        "data": {"train": str(planted / "train.csv"), "max_train_examples": 60, "max_length": 64},
+    }
+    from tunelab.models.loading import load_tokenizer
+
+    report = audit(validate(config), load_tokenizer(validate(config)))
+    train = report["splits"]["train"]
+    assert train["rows"] == 60 and train["sampled"] == {"rows": 60, "of": 119}
+    assert sum(train["labels"].values()) == 60
+    lines = (planted / "train.csv").read_text().splitlines()[1:]  # row N is line N after the header
+    for group in train["exact_duplicates"]["examples"]:  # the rows named hold one text, in the file
+        assert len({lines[row - 1].rsplit(",", 1)[0] for row in group}) == 1
+    too_long = train["tokens"]["over_max_length"]["rows"]
+    assert too_long and all(len(lines[row - 1].split()) > 100 for row in too_long)  # the planted 200-word rows
+
+
 def test_undecodable_images_and_copies_are_found(tmp_path):
     root = tmp_path / "images"
     for label in ("a", "b"):

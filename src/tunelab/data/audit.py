@@ -52,6 +52,8 @@ def audit(
     if data.train == "digits":
         raise UserError("audit: the built-in digits need no audit; give data files or an image folder")
     splits = {role: _read(path, role, config) for role, path in paths.items()}
+    rows_in_file = len(splits["train"]["inputs"])
+    splits["train"], numbers = _limited(splits["train"], data.max_train_examples, config.seed)
     report = {"splits": {}, "leakage": {}, "warnings": []}
     for role, split in splits.items():
         found = _split_findings(split, tokenizer, data.max_length)
@@ -60,13 +62,20 @@ def audit(
         for role in ("validation", "test"):
             if role in splits and splits[role]["kind"] == splits["train"]["kind"]:
                 report["leakage"][role] = _leakage(splits["train"], splits[role])
+    if numbers is not None:  # rows of the drawn sample -> rows of the file, as every finding names them
+        _renumber(report["splits"]["train"], numbers)
+        if splits["train"]["kind"] == "text":
+            for found in report["leakage"].values():
+                near = found["near"]["examples"]  # [their row, train's row, similarity]
+                found["near"]["examples"] = [[row, numbers[train_row - 1], *rest] for row, train_row, *rest in near]
+        report["splits"]["train"]["sampled"] = {"rows": len(numbers), "of": rows_in_file}
     if features is not None and splits["train"]["kind"] == "text":
         train = splits["train"]
         usable = [i for i, (t, y) in enumerate(zip(train["inputs"], train["labels"], strict=True)) if t.strip() and y]
         rng = np.random.default_rng(config.seed)
         chosen = [usable[i] for i in _sample(len(usable), probe_rows, rng)]
         train_features = features([train["inputs"][i] for i in chosen])
-        report["label_errors"] = _label_errors(train, chosen, train_features, config.seed)
+        report["label_errors"] = _label_errors(train, chosen, train_features, config.seed, numbers)
         labels = [train["labels"][i] for i in chosen]
         report["base_model"] = _base_model_read(train_features, labels, report["label_errors"], config, features)
         if reference:
@@ -114,20 +123,49 @@ def _base_model_read(train_features, labels: list[str], errors: dict, config: Ru
     return read
 
 
-def _label_errors(train: dict, chosen: list[int], train_features, seed: int) -> dict:
+def _label_errors(train: dict, chosen: list[int], train_features, seed: int, numbers: list[int] | None) -> dict:
     from tunelab.data.label_issues import label_suspects
 
     groups = [train["groups"][i] for i in chosen] if train.get("groups") else None
     found = label_suspects(train_features, [train["labels"][i] for i in chosen], seed, groups)
     if "skipped" in found:
         return found
-    to_file_row = {position + 1: chosen[position] + 1 for position in range(len(chosen))}
+    file_row = (lambda i: i + 1) if numbers is None else (lambda i: numbers[i])  # noqa: E731
+    to_file_row = {position + 1: file_row(chosen[position]) for position in range(len(chosen))}
     found["rows_probed"] = len(chosen)
     found["top_tenth"] = [to_file_row[row] for row in found["top_tenth"]]
     for suspect in found["suspects"]:
+        suspect["text"] = train["inputs"][chosen[suspect["row"] - 1]][:200]
         suspect["row"] = to_file_row[suspect["row"]]
-        suspect["text"] = train["inputs"][suspect["row"] - 1][:200]
     return found
+
+
+def _limited(split: dict, limit: int | None, seed: int) -> tuple[dict, list[int] | None]:
+    """The train split cut to ``data.max_train_examples`` rows drawn at random, as training is,
+    with the file's row number (1-based) of each kept row; unchanged (and None) below the limit."""
+    count = len(split["inputs"])
+    if not limit or count <= limit:
+        return split, None
+    chosen = sorted(np.random.default_rng(seed).choice(count, limit, replace=False).tolist())
+    cut = {key: [value[i] for i in chosen] if isinstance(value, list) and len(value) == count else value
+           for key, value in split.items()}  # fmt: skip
+    return cut, [i + 1 for i in chosen]
+
+
+def _renumber(found: dict, numbers: list[int]) -> None:
+    """Turn the sample's row numbers in one split's findings into the file's."""
+
+    def at(rows: list[int]) -> list[int]:
+        return [numbers[row - 1] for row in rows]
+
+    listed = [found[key] for key in ("missing_labels", "empty_text") if key in found]
+    listed += [found["tokens"]["over_max_length"]] if "tokens" in found else []
+    for finding in listed:
+        finding["rows"] = at(finding["rows"])
+    found["exact_duplicates"]["examples"] = [at(group) for group in found["exact_duplicates"]["examples"]]
+    if "empty_text" in found:  # text: near pairs name rows (images name files)
+        near = found["near_duplicates"]["examples"]
+        found["near_duplicates"]["examples"] = [[*at([a, b]), *rest] for a, b, *rest in near]
 
 
 def _read(path: str, role: str, config: RunConfig) -> dict:
