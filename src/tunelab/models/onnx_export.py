@@ -120,7 +120,9 @@ def _accepted(model: nn.Module) -> set[str]:
 def _check_against_torch(model: nn.Module, graph: Path, inputs: dict[str, torch.Tensor]) -> dict:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as PyTorch, for a fair timing
+    session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     feeds = {name: value.numpy() for name, value in inputs.items()}
     with torch.no_grad():
         expected = model(**inputs).float().numpy()
@@ -136,6 +138,7 @@ def _check_against_torch(model: nn.Module, graph: Path, inputs: dict[str, torch.
             "pytorch": _milliseconds(lambda: model(**{name: torch.from_numpy(v) for name, v in single.items()})),
         },
         "latency_batch": 1,
+        "latency_threads": torch.get_num_threads(),
     }
 
 
