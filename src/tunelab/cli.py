@@ -290,6 +290,8 @@ def cmd_audit(args) -> dict:
 
     config, name = _audit_config(args)
     output = Path(args.output or f"runs/{name}-audit")
+    if args.probe_rows < 0:
+        raise UserError("--probe-rows: must be 0 or more (0 skips the label-error probe)")
     report = run_audit(config, output, args.probe_rows, args.reference, stderr, show=not args.json)
     if not args.json:
         stdout.print(audit_table(report))
@@ -353,7 +355,7 @@ def cmd_tune(args) -> dict:
     from tunelab.rundir import CONFIG, REPORT
 
     config = load_config(args.config, args.overrides)
-    trials = args.trials or config.tune.trials
+    trials = args.trials if args.trials is not None else config.tune.trials
     if trials < 1:
         raise UserError("--trials: must be 1 or more")
     output = Path(args.output or f"runs/{Path(args.config).stem}-tune")
@@ -420,8 +422,10 @@ def cmd_continual(args) -> dict:
         if not args.config:
             raise UserError("continual: give a config file (CONFIG) or --resume DIR")
         overrides = list(args.overrides)
-        if args.methods:
-            overrides.append(f"continual.methods=[{args.methods}]")
+        if args.methods is not None:
+            from tunelab.config import comma_list
+
+            overrides.append(f"continual.methods={json.dumps(comma_list(args.methods, '--methods'))}")
         config = load_config(args.config, overrides)
         if config.continual is None:
             raise UserError(f"{args.config}: no continual section (continual: {{benchmark: split-digits}})")

@@ -25,6 +25,23 @@ PLANNED_TASKS = ("token-classification", "causal-lm", "seq2seq", "image-text")
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_true_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML's true is a bool, which pydantic would take as the number 1 (batch_size: true).
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _wants_a_number(field.annotation):
+            raise ValueError(f"expected a number, not {str(value).lower()}")
+        return value
+
+
+def _wants_a_number(annotation: Any) -> bool:
+    """Whether a field takes an int or float and not a bool."""
+    import typing
+
+    kinds = set(typing.get_args(annotation)) | {annotation}
+    return bool(kinds & {int, float}) and bool not in kinds
+
 
 class ModelConfig(Section):
     source: str = Field(
@@ -547,9 +564,7 @@ class CompareConfig(Section):
         return value
 
 
-class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
+class RunConfig(Section):
     task: Literal[SUPPORTED_TASKS + PLANNED_TASKS] = "text-classification"  # type: ignore[valid-type]
     seed: int = Field(42, ge=0, lt=2**32, description="numpy accepts no other seeds")
     output_dir: str | None = None
@@ -706,22 +721,54 @@ def _rescale_rate_for_new_strategy(raw: dict[str, Any], written_name: Any, writt
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (the later would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"'{key}' is given twice at the same level", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, problem: str, mark):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
+    if path.exists() and not path.is_file():  # a folder, a device such as /dev/zero, a FIFO
+        raise UserError(f"{path}: not a regular file; a config is a YAML file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"{path}: invalid YAML{where}") from None
+        problem = f": {error.problem}" if isinstance(error, _DuplicateKey) else ""
+        raise UserError(f"{path}: invalid YAML{where}{problem}") from None
     if loaded is None:
         raise UserError(f"{path}: the config file is empty")
     if not isinstance(loaded, dict):
         raise UserError(f"{path}: a config must be a mapping of keys to values")
     return loaded
+
+
+def comma_list(text: str, option: str) -> list[str]:
+    """``a,b,c`` as names; an empty name (``a,,b`` or ``,,,``) is a typo, not a default."""
+    names = [name.strip() for name in text.split(",")]
+    if not any(names):
+        raise UserError(f"{option}: no name given")
+    if not all(names):
+        raise UserError(f"{option}: an empty name between commas in '{text}'")
+    return names
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:

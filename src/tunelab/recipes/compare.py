@@ -20,6 +20,7 @@ from tunelab.config import (
     PEFT_METHODS,
     PER_LAYER_RATES_UNSET,
     RunConfig,
+    comma_list,
     dump_config,
     run_parts,
     validate,
@@ -37,7 +38,7 @@ PARTIAL_DEFAULT = {"train_last_n_blocks": 2}
 
 
 def parse_strategies(text: str | None, config: RunConfig) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()] if text else list(config.compare.strategies or [])
+    names = comma_list(text, "--strategies") if text is not None else list(config.compare.strategies or [])
     names = names or list(DEFAULT_STRATEGIES)
     for name in names:
         try:

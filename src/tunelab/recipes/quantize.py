@@ -21,6 +21,7 @@ from tunelab.compress.quantize import quantized
 from tunelab.config import dump_config
 from tunelab.data.collate import make_collate
 from tunelab.engine.data_loading import eval_loader
+from tunelab.errors import UserError
 from tunelab.evaluate import model_inputs
 from tunelab.io import folder_megabytes, read_json_object, write_atomic, write_json
 from tunelab.models.loading import LABEL_MAP, TUNELAB_META
@@ -34,6 +35,8 @@ QUANTIZED_WEIGHTS = "quantized.safetensors"
 def run_quantize(
     run_dir: Path, method: str, output: Path, overwrite: bool, calibration_rows: int, console: Console, show: bool
 ) -> dict:
+    if Path(output).resolve() == Path(run_dir).resolve():
+        raise UserError("quantize: --output is the run itself; the int8 copy goes into a folder of its own")
     quiet_libraries()
     config, loaded = load_run(run_dir)
     data = run_datasets(config, loaded)

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tunelab.engine.callbacks import Callback
+from tunelab.errors import UserError, first_line
 
 MINIMISED = {"loss", "trainable_parameters", "train_seconds"}
 STUDY_NAME = "tunelab"
@@ -74,11 +75,20 @@ def _storage(url: str, heartbeat: int, attempts: int = 5) -> RDBStorage:
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
                 engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,
             )
-        except (OperationalError, IntegrityError):
+        except (OperationalError, IntegrityError) as error:
+            if _cannot_open(error):
+                raise UserError(f"--storage: cannot open {url}: {first_line(error.orig or error)}") from None
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 + attempt)
     raise AssertionError("unreachable")
+
+
+def _cannot_open(error: Exception) -> bool:
+    """A database that will not open however long one waits (no such folder, no permission), as
+    against one locked by the process creating it beside this one."""
+    text = str(getattr(error, "orig", error)).lower()
+    return "unable to open" in text or "readonly" in text or "permission" in text
 
 
 def _pruner(tune) -> optuna.pruners.BasePruner:

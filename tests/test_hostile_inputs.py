@@ -1,0 +1,108 @@
+"""Inputs that are almost surely mistakes end with one line naming what is wrong and exit 2,
+before anything runs, and nothing the user made changes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab.cli import main
+
+DIGITS = {
+    "task": "image-classification",
+    "model": {"source": "cnn"},
+    "data": {"train": "digits", "digits_classes": [0, 1], "digits_train_per_class": 10},
+    "train": {"epochs": 1, "batch_size": 10, "checkpoint_every": None},
+}
+
+
+def refused(capsys, *argv) -> str:
+    """Run the command, check it refused with one line, and return that line."""
+    capsys.readouterr()
+    assert main([str(arg) for arg in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def write(tmp_path, config: dict | str, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [("train", "batch_size", True), ("train", "epochs", False), ("optim", "lr", True), (None, "seed", True)],
+)
+def test_true_or_false_for_a_number_is_refused(tmp_path, capsys, section, key, value):
+    config = DIGITS | ({section: DIGITS.get(section, {}) | {key: value}} if section else {key: value})
+    err = refused(capsys, "train", write(tmp_path, config), "-o", tmp_path / "run")
+    dotted = f"{section}.{key}" if section else key
+    assert f"{dotted}: expected a number, not {str(value).lower()}" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_section_given_twice_is_refused_naming_its_line(tmp_path, capsys):
+    text = "data:\n  train: digits\ntrain:\n  epochs: 2\ntrain:\n  epochs: 30\n"
+    err = refused(capsys, "train", write(tmp_path, text), "-o", tmp_path / "run")
+    assert "invalid YAML (line 5): 'train' is given twice at the same level" in err
+
+
+def test_a_key_given_twice_inside_a_section_is_refused(tmp_path, capsys):
+    text = "data:\n  train: digits\noptim:\n  lr: 0.001\n  lr: 0.5\n"
+    assert "'lr' is given twice" in refused(capsys, "train", write(tmp_path, text), "-o", tmp_path / "run")
+
+
+def test_a_device_a_fifo_or_a_folder_is_not_a_config(tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", "/dev/null", fifo, tmp_path):
+        assert f"{path}: not a regular file" in refused(capsys, "train", path, "-o", tmp_path / "run")
+
+
+@pytest.mark.parametrize(("given", "says"), [(",,,", "no name given"), ("full,,lora", "an empty name between commas")])
+def test_compare_refuses_empty_strategy_names(tmp_path, capsys, given, says):
+    err = refused(capsys, "compare", write(tmp_path, DIGITS), "--strategies", given, "-o", tmp_path / "cmp")
+    assert f"--strategies: {says}" in err and not (tmp_path / "cmp").exists()
+
+
+def test_tune_refuses_zero_trials_and_a_storage_it_cannot_open(tmp_path, capsys):
+    config = write(tmp_path, DIGITS)
+    assert "--trials: must be 1 or more" in refused(capsys, "tune", config, "--trials", 0, "-o", tmp_path / "t")
+    storage = "sqlite:////nonexistent-folder/study.db"
+    err = refused(capsys, "tune", config, "--trials", 1, "--storage", storage, "-o", tmp_path / "t2")
+    assert f"--storage: cannot open {storage}" in err
+
+
+def test_audit_refuses_a_negative_probe_row_count(tmp_path, capsys):
+    (tmp_path / "train.csv").write_text("text,label\na,x\nb,y\n", encoding="utf-8")
+    err = refused(capsys, "audit", "--data", tmp_path / "train.csv", "--probe-rows", -5, "-o", tmp_path / "a")
+    assert "--probe-rows: must be 0 or more" in err
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [("naive,,bogus", "--methods: an empty name between commas"), ("naive,bogus", "'bogus' is not a continual method")],
+)
+def test_continual_names_the_bad_method(tmp_path, capsys, given, says):
+    config = write(tmp_path, {"continual": {"benchmark": "split-digits"}})
+    assert says in refused(capsys, "continual", config, "--methods", given, "-o", tmp_path / "c")
+
+
+def test_quantize_into_the_run_itself_is_refused_and_the_run_is_untouched(tmp_path, capsys):
+    assert main(["train", str(write(tmp_path, DIGITS)), "-o", str(tmp_path / "run"), "-q"]) == 0
+    before = hashes(tmp_path / "run")
+    err = refused(capsys, "quantize", tmp_path / "run", "-o", tmp_path / "run", "--overwrite")
+    assert "--output is the run itself" in err
+    assert hashes(tmp_path / "run") == before
