@@ -106,3 +106,17 @@ def test_quantize_into_the_run_itself_is_refused_and_the_run_is_untouched(tmp_pa
     err = refused(capsys, "quantize", tmp_path / "run", "-o", tmp_path / "run", "--overwrite")
     assert "--output is the run itself" in err
     assert hashes(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize("command", ["export", "distill"])
+def test_quiet_commands_show_no_bars_from_transformers(text_config, tmp_path, capsys, command):
+    import transformers
+
+    text_config["train"] |= {"epochs": 1, "checkpoint_every": None}
+    assert main(["train", str(write(tmp_path, text_config)), "-o", str(tmp_path / "run"), "-q"]) == 0
+    transformers.utils.logging.enable_progress_bar()  # as a fresh process has it
+    capsys.readouterr()
+    extra = ["--student", "layers:1"] if command == "distill" else []
+    assert main([command, str(tmp_path / "run"), *extra, "-o", str(tmp_path / "out"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "Writing model shards" not in err and "Loading weights" not in err, err

@@ -15,6 +15,7 @@ from tunelab.errors import UserError
 from tunelab.io import write_json
 from tunelab.models.saving import save_model
 from tunelab.recipes.evaluate import load_run, run_datasets
+from tunelab.recipes.runtime import quiet_libraries
 from tunelab.recipes.train import run_training
 from tunelab.rundir import CONFIG, MODEL, RESULTS, existing_run, finish_run_dir, prepare_run_dir
 
@@ -24,6 +25,7 @@ STUDENT_INIT = "student-init"
 def run_distill(
     teacher_dir: Path, student: str, overrides: list[str], output: Path, overwrite: bool, console: Console, show: bool
 ) -> dict:
+    quiet_libraries()  # the student's first save would show transformers' "Writing model shards" bar
     teacher_dir = existing_run(teacher_dir)
     raw = load_config(teacher_dir / CONFIG, []).model_dump(mode="json", exclude={"output_dir"})
     raw["distill"] = {"teacher": str(teacher_dir.resolve())}

@@ -17,12 +17,14 @@ from tunelab.models import load_saved_model, save_model
 from tunelab.models.adapted import merge
 from tunelab.models.card import write_model_card
 from tunelab.models.loading import LABEL_MAP, portable_name, read_meta
+from tunelab.recipes.runtime import quiet_libraries
 from tunelab.rundir import MODEL, RESULTS
 
 FORMATS = ("hf", "sentence-transformers", "onnx")
 
 
 def run_export(run_dir: Path, output: Path, merge_adapter: bool, format: str = "hf") -> dict:
+    quiet_libraries()  # no loading or "Writing model shards" bars from transformers
     folder = run_dir / MODEL
     if not folder.is_dir():
         raise UserError(f"export: {run_dir} has no {MODEL}/ folder; is it a finished tunelab run?")
