@@ -120,3 +120,32 @@ def test_quiet_commands_show_no_bars_from_transformers(text_config, tmp_path, ca
     assert main([command, str(tmp_path / "run"), *extra, "-o", str(tmp_path / "out"), "-q"]) == 0
     err = capsys.readouterr().err
     assert "Writing model shards" not in err and "Loading weights" not in err, err
+
+
+class _Planted:
+    """Unpickling this makes a folder: the sign that a pickle ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_model_whose_weights_are_a_pickle_with_code_is_refused_in_one_line(tiny_bert, text_config, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    source = tmp_path / "pickled"
+    source.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_bert / name, source / name)
+    weights = load_file(tiny_bert / "model.safetensors") | {"planted": _Planted(tmp_path / "ran")}
+    torch.save(weights, source / "pytorch_model.bin")
+    before = hashes(source)
+    config = write(tmp_path, text_config | {"model": {"source": str(source)}})
+    err = refused(capsys, "train", config, "-o", tmp_path / "run")
+    assert "keeps its weights in a pickle that holds more than tensors" in err
+    assert not (tmp_path / "ran").exists() and hashes(source) == before

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import logging
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,6 +289,11 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
             )
             if not fresh and _saved_label_names(folder) != tuple(labels.names):
                 fresh = reset_head(model)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met an object that is not a tensor
+        raise UserError(
+            f"model.source: {folder} keeps its weights in a pickle that holds more than tensors, and tunelab "
+            "never unpickles code; convert it to model.safetensors where you trust it (save_pretrained does)"
+        ) from None
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise UserError(f"model.source: cannot load a model from {folder}: {first_line(error)}") from None
     loaded = LoadedModel(model, "hf", str(folder), fresh_head=fresh)
