@@ -149,3 +149,13 @@ def test_a_model_whose_weights_are_a_pickle_with_code_is_refused_in_one_line(tin
     err = refused(capsys, "train", config, "-o", tmp_path / "run")
     assert "keeps its weights in a pickle that holds more than tensors" in err
     assert not (tmp_path / "ran").exists() and hashes(source) == before
+
+
+def test_max_steps_has_a_bound_and_says_it_replaces_epochs(tmp_path, capsys):
+    huge = DIGITS | {"train": DIGITS["train"] | {"max_steps": 99999999999999999999999}}
+    assert "train.max_steps: Input should be less than or equal to 1000000000" in refused(
+        capsys, "train", write(tmp_path, huge), "-o", tmp_path / "huge"
+    )
+    three = DIGITS | {"train": DIGITS["train"] | {"max_steps": 3}}
+    assert main(["train", str(write(tmp_path, three)), "-o", str(tmp_path / "run"), "-q"]) == 0
+    assert "train.max_steps: 3 steps (1.5 epochs of 2) in place of train.epochs" in capsys.readouterr().err

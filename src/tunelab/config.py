@@ -300,7 +300,9 @@ class EarlyStoppingConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(3, ge=1)
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(
+        None, ge=1, le=10**9, description="optimizer steps to train, in place of epochs (a billion at most)"
+    )
     batch_size: int = Field(32, ge=1, description="global batch, split over processes")
     eval_batch_size: int = Field(64, ge=1)
     grad_accum_steps: int = Field(1, ge=1)

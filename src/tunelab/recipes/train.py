@@ -83,6 +83,9 @@ def _run_training(config: RunConfig, run_dir: Path, console, progress: bool, res
     bars = console if progress else None
     steps_per_epoch = -(-len(train_dl) // config.train.grad_accum_steps)
     total_steps = config.train.max_steps or steps_per_epoch * config.train.epochs
+    if config.train.max_steps and not resume:
+        epochs = f"{config.train.max_steps / steps_per_epoch:.3g} epochs of {steps_per_epoch}"
+        warn(f"train.max_steps: {total_steps} steps ({epochs}) in place of train.epochs")
     state = TrainState(total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     # Measured before training, at most once per model and data: a rerun reads them from disk.
     shaping = {"task": config.task, "model": config.model.model_dump(), "strategy": config.strategy.model_dump()}
