@@ -4,6 +4,7 @@ before anything runs, and nothing the user made changes."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -159,3 +160,13 @@ def test_max_steps_has_a_bound_and_says_it_replaces_epochs(tmp_path, capsys):
     three = DIGITS | {"train": DIGITS["train"] | {"max_steps": 3}}
     assert main(["train", str(write(tmp_path, three)), "-o", str(tmp_path / "run"), "-q"]) == 0
     assert "train.max_steps: 3 steps (1.5 epochs of 2) in place of train.epochs" in capsys.readouterr().err
+
+
+def test_one_number_written_two_ways_is_refused_not_made_two_classes(tmp_path, capsys):
+    rows = [("a", 1), ("b", "1.0"), ("c", 0), ("d", 0)]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(f'{{"text": "{t}", "label": {json.dumps(y)}}}\n' for t, y in rows), encoding="utf-8")
+    before = data.read_bytes()
+    err = refused(capsys, "train", write(tmp_path, {"data": {"train": str(data)}}), "-o", tmp_path / "run")
+    assert "writes one number two ways ('1' at data row 1, '1.0' at data row 2)" in err
+    assert data.read_bytes() == before

@@ -102,6 +102,23 @@ def check_label_types(labels: list, label_column: str, where: str, path) -> None
             f"{where}: column '{label_column}' of {path} mixes numbers (first at data row {kinds['number']}) "
             f"and text (first at data row {kinds['text']}); use one kind of label"
         )
+    if "number" in kinds:
+        _one_spelling_per_number(labels, label_column, where, path)
+
+
+def _one_spelling_per_number(labels: list, label_column: str, where: str, path) -> None:
+    """ "1" and "1.0" (a JSONL file may hold both) would be two classes; they are almost surely one."""
+    spellings: dict[float, dict[str, int]] = {}
+    for row, label in enumerate(labels, start=1):
+        if not is_blank(label):
+            spellings.setdefault(float(str(label)), {}).setdefault(label_text(label), row)
+    for found in spellings.values():
+        if len(found) > 1:
+            (first, row), (second, other) = list(found.items())[:2]
+            raise UserError(
+                f"{where}: column '{label_column}' of {path} writes one number two ways ('{first}' at data row "
+                f"{row}, '{second}' at data row {other}), which would make two classes; write it one way"
+            )
 
 
 def is_number(value: object) -> bool:
