@@ -170,3 +170,12 @@ def test_one_number_written_two_ways_is_refused_not_made_two_classes(tmp_path, c
     err = refused(capsys, "train", write(tmp_path, {"data": {"train": str(data)}}), "-o", tmp_path / "run")
     assert "writes one number two ways ('1' at data row 1, '1.0' at data row 2)" in err
     assert data.read_bytes() == before
+
+
+@pytest.mark.parametrize("label", [[1, 2], {"a": 1}, "NaN", "inf"])
+def test_a_label_that_is_a_list_or_not_a_number_is_refused_naming_the_row(tmp_path, capsys, label):
+    data = tmp_path / "labels.jsonl"
+    rows = [{"text": "fine", "label": 1}, {"text": "odd", "label": label}, {"text": "dull", "label": 0}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    err = refused(capsys, "train", write(tmp_path, {"data": {"train": str(data)}}), "-o", tmp_path / "run")
+    assert f"holds {label!r} at data row 2; a label is one class name or number per row" in err

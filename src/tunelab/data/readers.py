@@ -94,6 +94,12 @@ def check_label_types(labels: list, label_column: str, where: str, path) -> None
     """A label column holds numbers or words, not both: "1" beside "pos" is almost always a mistake."""
     kinds = {}
     for row, label in enumerate(labels, start=1):
+        if isinstance(label, list | dict | tuple | set) or _not_a_class(label):
+            shown = repr(label) if len(repr(label)) <= 40 else repr(label)[:37] + "..."
+            raise UserError(
+                f"{where}: column '{label_column}' of {path} holds {shown} at data row {row}; a label is one "
+                "class name or number per row"
+            )
         if is_blank(label):
             continue
         kinds.setdefault("number" if is_number(label) else "text", row)
@@ -119,6 +125,13 @@ def _one_spelling_per_number(labels: list, label_column: str, where: str, path) 
                 f"{where}: column '{label_column}' of {path} writes one number two ways ('{first}' at data row "
                 f"{row}, '{second}' at data row {other}), which would make two classes; write it one way"
             )
+
+
+def _not_a_class(label: object) -> bool:
+    """NaN or infinity written out as a label ("NaN" in JSONL): a missing value, not a class."""
+    if isinstance(label, float | int) or label is None:  # bool is an int
+        return isinstance(label, float) and label in (float("inf"), float("-inf"))
+    return str(label).strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity")
 
 
 def is_number(value: object) -> bool:
