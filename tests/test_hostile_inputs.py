@@ -179,3 +179,12 @@ def test_a_label_that_is_a_list_or_not_a_number_is_refused_naming_the_row(tmp_pa
     data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     err = refused(capsys, "train", write(tmp_path, {"data": {"train": str(data)}}), "-o", tmp_path / "run")
     assert f"holds {label!r} at data row 2; a label is one class name or number per row" in err
+
+
+@pytest.mark.parametrize("text", ["\u200b\u200b", "\ufeff", "\u3000 \u00a0", "\t \t"])
+def test_a_text_with_nothing_visible_is_an_empty_text(tiny_bert, tmp_path, capsys, text):
+    data = tmp_path / "train.jsonl"
+    rows = [{"text": text, "label": "pos"}] + [{"text": w, "label": y} for w, y in [("good", "pos"), ("bad", "neg")]]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    config = write(tmp_path, {"model": {"source": str(tiny_bert)}, "data": {"train": str(data)}})
+    assert "have an empty 'text' (first: data row 1)" in refused(capsys, "train", config, "-o", tmp_path / "run")

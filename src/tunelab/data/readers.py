@@ -7,6 +7,7 @@ unparseable content) becomes a one-line :class:`UserError` naming the file.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,8 +207,17 @@ def _text_column(frame: pd.DataFrame, column: str, where: str, path: Path, allow
     return [str(value) for value in values]
 
 
+INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}  # controls, zero-width and other format marks, spaces
+
+
 def is_blank(value: object) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or str(value).strip() == ""
+    """None, NaN, or text with nothing visible in it (spaces, tabs, zero-width spaces, byte-order marks)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    text = str(value).strip()
+    if not text or (text.isascii() and text.isprintable()):  # the common cases, without a look at each letter
+        return not text
+    return all(unicodedata.category(letter) in INVISIBLE or letter.isspace() for letter in text)
 
 
 def label_text(label: object) -> str:
