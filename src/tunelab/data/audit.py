@@ -130,8 +130,8 @@ def _label_errors(train: dict, chosen: list[int], train_features, seed: int, num
     found = label_suspects(train_features, [train["labels"][i] for i in chosen], seed, groups)
     if "skipped" in found:
         return found
-    file_row = (lambda i: i + 1) if numbers is None else (lambda i: numbers[i])  # noqa: E731
-    to_file_row = {position + 1: file_row(chosen[position]) for position in range(len(chosen))}
+    file_rows = numbers or range(1, len(train["inputs"]) + 1)  # a drawn sample's rows, or every row
+    to_file_row = {position + 1: file_rows[chosen[position]] for position in range(len(chosen))}
     found["rows_probed"] = len(chosen)
     found["top_tenth"] = [to_file_row[row] for row in found["top_tenth"]]
     for suspect in found["suspects"]:

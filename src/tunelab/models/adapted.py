@@ -27,7 +27,6 @@ BASE_STATE = "base_state.safetensors"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # how PEFT names the wrapped model's weights in its files
 ENCODER_PREFIX = PEFT_PREFIX + "encoder."  # ... and a pooled classifier's encoder inside it
-DENSE_WEIGHTS_NAME = "2_Dense/model.safetensors"
 
 
 def is_peft(model: nn.Module) -> bool:
@@ -122,6 +121,7 @@ def _load_encoder_adapter(model: nn.Module, folder: Path) -> nn.Module:
     from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
 
     from tunelab.models.pooled import saved_classifier
+    from tunelab.models.sentence_layout import DENSE_WEIGHTS
 
     settings = PeftConfig.from_pretrained(folder)
     settings.task_type, settings.modules_to_save, settings.inference_mode = None, ["classifier"], True
@@ -132,23 +132,32 @@ def _load_encoder_adapter(model: nn.Module, folder: Path) -> nn.Module:
     state = {ENCODER_PREFIX + name[len(PEFT_PREFIX) :]: value for name, value in saved.items()}
     head = saved_classifier(folder, f"{folder}: ")
     if head is None:
-        raise UserError(f"{folder}: the saved adapter lacks its classifier ({DENSE_WEIGHTS_NAME})")
+        raise UserError(f"{folder}: the saved adapter lacks its classifier ({DENSE_WEIGHTS})")
     state |= {f"{PEFT_PREFIX}classifier.{key}": value for key, value in head.items()}
-    _require_every_adapter_weight(wrapped, state, folder)
+    _require_every_adapter_weight(wrapped, set(state), folder)
     set_peft_model_state_dict(wrapped, state)
     return wrapped
 
 
-def _require_every_adapter_weight(wrapped: nn.Module, saved: dict, folder: Path) -> None:
-    """Refuse an adapter file that lacks weights the adapter has: PEFT would leave them at their
-    initial values (LoRA's B at zero, a random head) and the model would silently be another one."""
+def _require_every_adapter_weight(wrapped: nn.Module, saved: set[str], folder: Path) -> None:
+    """Refuse an adapter file that lacks weights the adapter has (``saved``: the names it holds):
+    PEFT would leave them at their initial values (LoRA's B at zero, a random head) and the model
+    would silently be another one."""
     from peft import get_peft_model_state_dict
 
     expected = set(get_peft_model_state_dict(wrapped))
-    missing = sorted(expected - set(saved))
+    missing = sorted(expected - saved)
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise UserError(f"{folder}: the saved adapter lacks {len(missing)} of its weights ({shown})")
+
+
+def _tensor_names(path: Path) -> set[str]:
+    """The names in a safetensors file, read from its header alone (PEFT has just read the tensors)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as weights:
+        return set(weights.keys())
 
 
 def _base_state(model: nn.Module, whole_base: bool) -> dict:
@@ -181,7 +190,7 @@ def load_adapted(model: nn.Module, folder: Path, meta: dict) -> nn.Module:
             wrapped = PeftModel.from_pretrained(model, folder)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise UserError(f"{folder}: cannot load the PEFT adapter: {first_line(error)}") from None
-        _require_every_adapter_weight(wrapped, read_safetensors(folder / PEFT_WEIGHTS, f"{folder}: "), folder)
+        _require_every_adapter_weight(wrapped, _tensor_names(folder / PEFT_WEIGHTS), folder)
         return wrapped
     from tunelab.strategies.adapter import add_adapters
 

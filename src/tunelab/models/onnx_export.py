@@ -101,7 +101,8 @@ def _example_inputs(loaded, check: bool = False) -> dict[str, torch.Tensor]:
         texts = CHECK_TEXTS if check else CHECK_TEXTS[:2]
         max_length = loaded.preprocessing.get("max_length", 512)
         encoded = loaded.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        return {name: value for name, value in encoded.items() if name in _accepted(loaded.model)}
+        accepted = _accepted(loaded.model)
+        return {name: value for name, value in encoded.items() if name in accepted}
     size = loaded.preprocessing.get("image_size") or 224
     channels = loaded.preprocessing.get("channels", 3)
     generator = torch.Generator().manual_seed(1 if check else 0)

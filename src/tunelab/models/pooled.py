@@ -81,8 +81,7 @@ def save_pooled(model: PooledClassifier, staging: Path, max_length: int) -> None
     from tunelab.models.sentence_layout import write_sentence_layout
 
     model.encoder.save_pretrained(staging, safe_serialization=True)
-    head = {name: value for name, value in model.classifier.state_dict().items()}
-    write_sentence_layout(staging, head, model.pooling, max_length)
+    write_sentence_layout(staging, model.classifier.state_dict(), model.pooling, max_length)
 
 
 def saved_classifier(folder: Path, where: str) -> dict[str, torch.Tensor] | None:

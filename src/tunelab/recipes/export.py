@@ -12,15 +12,13 @@ import shutil
 from pathlib import Path
 
 from tunelab.errors import UserError
-from tunelab.io import folder_megabytes, read_json_object, write_json
+from tunelab.io import folder_megabytes, read_json_object
 from tunelab.models import load_saved_model, save_model
 from tunelab.models.adapted import merge
 from tunelab.models.card import write_model_card
 from tunelab.models.loading import LABEL_MAP, portable_name, read_meta
 from tunelab.recipes.runtime import quiet_libraries
 from tunelab.rundir import MODEL, RESULTS
-
-FORMATS = ("hf", "sentence-transformers", "onnx")
 
 
 def run_export(run_dir: Path, output: Path, merge_adapter: bool, format: str = "hf") -> dict:
@@ -66,10 +64,9 @@ def _export_onnx(folder: Path, output: Path) -> dict:
     try:
         staging.mkdir(parents=True)
         check = export_onnx(loaded, staging)
-        labels = loaded.labels
-        write_json(staging / LABEL_MAP, {"id2label": labels.id2label, "label2id": labels.label2id})
+        shutil.copy2(folder / LABEL_MAP, staging / LABEL_MAP)  # as quantize does
         max_length = loaded.preprocessing.get("max_length") if loaded.tokenizer is not None else None
-        write_onnx_card(staging, output, check, labels, max_length)
+        write_onnx_card(staging, output, check, loaded.labels, max_length)
         staging.rename(output)
     except OSError as error:
         raise UserError(f"export: cannot write {output}: {error.strerror or error}") from None
