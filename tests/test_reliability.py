@@ -247,11 +247,14 @@ def test_kill_minus_9_at_ten_moments_then_resume_is_bit_identical(tmp_path):
 # -- a finished run to damage: each test copies it and makes it look interrupted ---------------------
 
 
+FINISHED_CONFIG = cnn_config(keep_checkpoints=3, load_best_at_end=False)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cnn-run")
     # The final weights are the last step's, so a resumed run that ends elsewhere shows.
-    config = write_yaml(folder / "run.yaml", cnn_config(keep_checkpoints=3, load_best_at_end=False))
+    config = write_yaml(folder / "run.yaml", FINISHED_CONFIG)
     assert main(["train", str(config), "-o", str(folder / "run"), "-q"]) == 0
     return folder / "run"
 
@@ -334,18 +337,55 @@ def test_a_planted_pickle_is_never_loaded(capsys, interrupted_run, finished_run,
     marker.unlink()
     torch.save(Planted(marker), folder / "optimizer.pt")
     rehash(folder)  # only weights_only=True stands between the file and the code
-    resume_past_newest(capsys, interrupted_run, finished_run, "optimizer.pt is not a plain tensor file, refused")
+    refusal = "optimizer.pt holds pickled objects, which tunelab never loads"
+    resume_past_newest(capsys, interrupted_run, finished_run, refusal)
     assert not marker.exists()
 
 
-def test_with_no_usable_checkpoint_the_run_starts_over_and_still_matches(capsys, interrupted_run, finished_run):
+def test_when_every_checkpoint_is_refused_resume_asks_for_restart_which_then_matches(
+    capsys, interrupted_run, finished_run
+):
+    names = checkpoint_names(interrupted_run)
     for folder in complete_checkpoints(interrupted_run / "checkpoints"):
         (folder / "manifest.json").unlink()
+    before = {path: path.read_bytes() for path in interrupted_run.rglob("*") if path.is_file()}
     code, err = run_cli(capsys, "train", "--resume", interrupted_run, "-q")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"every checkpoint of {interrupted_run} was refused" in err
+    for name in names:
+        assert f"checkpoint {name} refused: its manifest is missing or damaged" in err
+    assert f"tunelab train --resume {interrupted_run} --restart starts the run again from step 0" in err
+    assert {path: path.read_bytes() for path in interrupted_run.rglob("*") if path.is_file()} == before
+
+    code, err = run_cli(capsys, "train", "--resume", interrupted_run, "--restart", "-q")
     assert code == 0, err
-    assert "no usable checkpoint to resume from; starting the run from the beginning" in one_line(err)
-    for path in ("model/model.safetensors", "metrics.jsonl"):
-        assert (interrupted_run / path).read_bytes() == (finished_run / path).read_bytes(), path
+    assert "resuming" not in err
+    assert_same_run(interrupted_run, finished_run)
+
+
+def test_resuming_with_an_edited_config_is_refused_naming_the_change(capsys, interrupted_run, finished_run):
+    config_file = interrupted_run / "config.yaml"
+    edited = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    edited["optim"]["lr"] = 0.5
+    config_file.write_text(yaml.safe_dump(edited, sort_keys=False), encoding="utf-8")
+    before = {path: path.read_bytes() for path in interrupted_run.rglob("*") if path.is_file()}
+    code, err = run_cli(capsys, "train", "--resume", interrupted_run, "-q")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"{config_file} was edited after its checkpoints were written (optim.lr: 0.003 -> 0.5)" in err
+    assert f"tunelab train --resume {interrupted_run} --restart" in err
+    assert {path: path.read_bytes() for path in interrupted_run.rglob("*") if path.is_file()} == before
+
+    code, err = run_cli(capsys, "train", "--resume", interrupted_run, "--restart", "-q")
+    assert code == 0, err  # the edit now applies from step 0: a different run
+    assert results_of(interrupted_run)["steps"] == 2 * STEPS_PER_EPOCH
+    assert (interrupted_run / "model" / "model.safetensors").read_bytes() != (
+        finished_run / "model" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_restart_goes_only_with_resume(capsys, tmp_path):
+    code, err = run_cli(capsys, "train", write_yaml(tmp_path / "run.yaml", FINISHED_CONFIG), "--restart")
+    assert code == 2 and "train --restart goes with --resume RUN_DIR" in err
 
 
 def test_killed_during_the_final_evaluation_resumes_to_the_same_results(capsys, interrupted_run, finished_run):
@@ -561,15 +601,16 @@ def fail_write(monkeypatch, failing_call: int, where: str, code: int = errno.ENO
     [(errno.ENOSPC, "the disk is full"), (errno.EACCES, "Permission denied"), (errno.EROFS, "Read-only file system")],
 )
 def test_an_unwritable_checkpoint_is_one_line_and_the_previous_one_is_kept(
-    capsys, monkeypatch, tmp_path, error_code, reason
+    capsys, monkeypatch, tmp_path, finished_run, error_code, reason
 ):
     fail_write(monkeypatch, 2, ".partial", error_code)
-    config = write_yaml(tmp_path / "run.yaml", cnn_config(eval_every=100))
+    config = write_yaml(tmp_path / "run.yaml", FINISHED_CONFIG)
     run_dir = tmp_path / "run"
     code, err = run_cli(capsys, "train", config, "-o", run_dir, "-q")
     assert code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert f"cannot write checkpoint {run_dir / 'checkpoints' / 'step-000006'}: {reason}" in err
+    assert f"step-000003 is intact: free space, then tunelab train --resume {run_dir}" in err
     assert checkpoint_names(run_dir) == ["step-000003"]
     verify(run_dir / "checkpoints" / "step-000003")
     assert partial_folders(run_dir) == []
@@ -579,7 +620,49 @@ def test_an_unwritable_checkpoint_is_one_line_and_the_previous_one_is_kept(
     code, err = run_cli(capsys, "train", "--resume", run_dir, "-q")
     assert code == 0, err
     assert "resuming from step-000003 (step 3)" in one_line(err)
-    assert results_of(run_dir)["steps"] == 2 * STEPS_PER_EPOCH
+    assert_same_run(run_dir, finished_run)
+
+
+def assert_same_run(run_dir: Path, finished_run: Path) -> None:
+    for path in ("model/model.safetensors", "metrics.jsonl"):
+        assert (run_dir / path).read_bytes() == (finished_run / path).read_bytes(), path
+    assert results_of(run_dir)["final"] == results_of(finished_run)["final"]
+
+
+TMPFS_RUN = """
+set -e
+mount -t tmpfs -o size={size}k tmpfs {disk}
+"$PYTHON" -m tunelab train {config} -o {disk}/run -q 2> {logs}/full.err || echo $? > {logs}/full.rc
+cp -r {disk}/run {logs}/at-failure
+mount -o remount,size=65536k {disk}
+"$PYTHON" -m tunelab train --resume {disk}/run -q 2> {logs}/resumed.err
+cp -r {disk}/run {logs}/resumed
+"""
+
+
+def test_a_real_full_disk_stops_the_run_and_the_newest_checkpoint_resumes_bit_identically(finished_run, tmp_path):
+    """A tmpfs too small for the run (in a private mount namespace: no root needed where user
+    namespaces are allowed), then grown once the run has stopped."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode:
+        pytest.skip("no user namespaces here to mount a small tmpfs in; the injected failures above stand in")
+    disk, logs = tmp_path / "disk", tmp_path / "logs"
+    disk.mkdir(), logs.mkdir()
+    config = write_yaml(tmp_path / "run.yaml", FINISHED_CONFIG)
+    script = TMPFS_RUN.format(size=1600, disk=disk, config=config, logs=logs)
+    environment = os.environ | {"PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}  # as in-process tests run
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=environment,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    err = (logs / "full.err").read_text()
+    assert (logs / "full.rc").read_text().strip() == "2", err
+    assert len(err.splitlines()) == 1 and err.startswith("error: output: cannot write"), err
+    assert "the disk is full" in err and "Traceback" not in err
+    newest = checkpoint_names(logs / "at-failure")[0]
+    assert f"{newest} is intact: free space, then tunelab train --resume {disk / 'run'}" in err
+    verify(logs / "at-failure" / "checkpoints" / newest)
+    assert partial_folders(logs / "at-failure") == []
+    assert f"resuming from {newest}" in one_line((logs / "resumed.err").read_text())
+    assert_same_run(logs / "resumed", finished_run)
 
 
 def test_a_full_disk_while_saving_the_best_weights_is_one_line(capsys, monkeypatch, tmp_path):

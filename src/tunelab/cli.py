@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune from a YAML config")
     train.add_argument("config", nargs="?", help="YAML run config")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest checkpoint")
+    train.add_argument(
+        "--restart", action="store_true", help="with --resume: start that run again from step 0 with its config.yaml"
+    )
     _overrides(train)
     train.add_argument("--output", "-o", help="run directory (default: output_dir, else runs/<config name>)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -191,6 +194,8 @@ def cmd_train(args) -> dict:
 
     if args.resume:
         return _resume(args)
+    if args.restart:
+        raise UserError("train --restart goes with --resume RUN_DIR: it starts that run again from step 0")
     if not args.config:
         raise UserError("train: give a config file (CONFIG) or --resume RUN_DIR")
     config = load_config(args.config, args.overrides)
@@ -212,6 +217,7 @@ def cmd_train(args) -> dict:
 def _resume(args) -> dict:
     from tunelab.config import load_config
     from tunelab.recipes.train import run_training
+    from tunelab.resume import check_config_unchanged, forget_progress
     from tunelab.rundir import CONFIG, RESULTS
 
     if args.config or args.overrides or args.output or args.overwrite:
@@ -224,7 +230,13 @@ def _resume(args) -> dict:
     if (run_dir / RESULTS).exists():
         raise UserError(f"--resume: {run_dir} already finished (it has {RESULTS}); nothing to resume")
     config = load_config(run_dir / CONFIG)
-    results = run_training(config, run_dir, stderr, progress=not (args.quiet or args.json), resume=True)
+    if args.restart:
+        if _is_main_process():
+            forget_progress(run_dir)
+    else:
+        check_config_unchanged(run_dir, config)
+    progress = not (args.quiet or args.json)
+    results = run_training(config, run_dir, stderr, progress=progress, resume=not args.restart)
     return _report_training(args, run_dir, results)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +47,26 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def give_usual_permissions(path: Path) -> None:
+    """safetensors (so transformers and PEFT too) creates its files 0600; give those under ``path``
+    the user's umask like every other file tunelab writes."""
+    path = Path(path)
+    mode = 0o666 & ~_umask()
+    for file in [path] if path.is_file() else path.rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            os.chmod(file, mode)
+
+
+def as_os_error(error: Exception) -> OSError:
+    """A failed write as an OSError with its errno: safetensors reports one as text (``... (os error
+    28)``), so a full disk reads as a full disk wherever the weights were being written."""
+    if isinstance(error, OSError):
+        return error
+    found = re.search(r"os error (\d+)", str(error))
+    code = int(found.group(1)) if found else errno.EIO
+    return OSError(code, os.strerror(code) if found else str(error).strip().splitlines()[0])
 
 
 def _umask() -> int:

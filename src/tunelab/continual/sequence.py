@@ -33,7 +33,7 @@ from tunelab.engine.schedules import build_scheduler
 from tunelab.evaluate import evaluate_split, model_inputs, output_logits
 from tunelab.forgetting.regularizers import WeightPull, diagonal_fisher, distillation_loss
 from tunelab.forgetting.replay import joined
-from tunelab.io import write_json
+from tunelab.io import give_usual_permissions, write_json
 from tunelab.models import load_model
 from tunelab.strategies import build_strategy
 from tunelab.strategies.anatomy import anatomy
@@ -281,4 +281,5 @@ def _switch_of(model) -> HeadSwitch:
 def _save_tensors(tensors: dict, path: Path) -> None:
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial))
+    give_usual_permissions(partial)
     partial.replace(path)

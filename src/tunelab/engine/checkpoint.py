@@ -25,6 +25,7 @@ import errno
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -33,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from tunelab.engine.callbacks import Callback, TrainState
 from tunelab.errors import UserError, first_line
-from tunelab.io import write_atomic, write_json
+from tunelab.io import as_os_error, give_usual_permissions, write_atomic, write_json
 
 WEIGHTS = "model.safetensors"
 INFO = "info.json"
@@ -57,11 +58,14 @@ def save_weights(model: torch.nn.Module, folder: Path, info: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         save_model(model, str(temporary))
         _fsync(temporary)
+        give_usual_permissions(temporary)
         os.replace(temporary, folder / WEIGHTS)
         write_json(folder / INFO, info)
-    except OSError as error:
+    except (OSError, SafetensorError) as error:
         temporary.unlink(missing_ok=True)
-        raise _cannot_write(folder, error, "the best weights saved before are intact") from None
+        before = "the best weights saved before are intact; " if (folder / WEIGHTS).exists() else ""
+        reason = _reason(as_os_error(error))
+        raise UserError(f"output: cannot write {folder}: {reason}; {before}{what_is_intact(folder.parent)}") from None
 
 
 def load_weights(model: torch.nn.Module, folder: Path) -> dict:
@@ -125,8 +129,8 @@ class Checkpointer(Callback):
             if not problems:
                 try:
                     action()
-                except OSError as error:
-                    problems.append(error)
+                except (OSError, SafetensorError) as error:
+                    problems.append(as_os_error(error))
 
         main = accelerator.is_main_process
         if main:
@@ -144,7 +148,7 @@ class Checkpointer(Callback):
         if failure:
             if main:
                 shutil.rmtree(partial, ignore_errors=True)
-            raise UserError(f"output: cannot write checkpoint {final}: {failure}; earlier checkpoints are intact")
+            raise UserError(f"output: cannot write checkpoint {final}: {failure}; {what_is_intact(self.root)}")
         accelerator.wait_for_everyone()
 
     def _write_main_files(self, partial: Path, payload: dict) -> None:
@@ -163,6 +167,7 @@ class Checkpointer(Callback):
         _test_pause()
 
     def _complete(self, partial: Path, final: Path, state: TrainState) -> None:
+        give_usual_permissions(partial)
         write_json(partial / MANIFEST, {"step": state.step, "files": _hashes(partial)})
         _test_pause()
         shutil.rmtree(final, ignore_errors=True)
@@ -178,8 +183,12 @@ class Checkpointer(Callback):
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def _cannot_write(target: Path, error: OSError, intact: str) -> UserError:
-    return UserError(f"output: cannot write checkpoint {target}: {_reason(error)}; {intact}")
+def what_is_intact(root: Path) -> str:
+    """After a failed write: the checkpoint a resume would start from, and how to resume."""
+    newest = complete_checkpoints(root)
+    if not newest:
+        return "no checkpoint was complete before it"
+    return f"{newest[0].name} is intact: free space, then tunelab train --resume {Path(root).parent}"
 
 
 def _reason(error: OSError) -> str:
@@ -302,15 +311,44 @@ def _tuples(value):
 
 
 def _save_torch(obj, path: Path) -> None:
-    torch.save(obj, path)
-    _fsync(path)
+    # Through a Python file that keeps its write errors: torch's own writer reports a full disk as
+    # "enforce fail at inline_container.cc ... unexpected pos", without the errno.
+    with open(path, "wb") as file:
+        writer = _KeepsWriteErrors(file)
+        try:
+            torch.save(obj, writer)
+            file.flush()
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise writer.error from None
+        os.fsync(file.fileno())
+
+
+class _KeepsWriteErrors:
+    """A file's ``write`` that remembers the OSError it raised, for torch.save to be given."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def _load_torch(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # weights_only raises UnpicklingError for anything but plain data
-        raise CorruptCheckpoint(f"{path.name} is not a plain tensor file, refused ({first_line(error)})") from None
+    except pickle.UnpicklingError:  # torch's own message advises weights_only=False: never here
+        raise CorruptCheckpoint(f"{path.name} holds pickled objects, which tunelab never loads") from None
+    except Exception as error:  # a truncated or damaged zip archive
+        raise CorruptCheckpoint(f"{path.name} is not a readable tensor file ({first_line(error)})") from None
 
 
 def _check_shapes(weights_file: Path, model: torch.nn.Module) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import save_model as save_safetensors
 from torch import nn
 
-from tunelab.io import write_json
+from tunelab.io import as_os_error, give_usual_permissions, write_json
 from tunelab.models.adapted import bottleneck_settings, is_peft, save_adapted
 from tunelab.models.loading import LABEL_MAP, TUNELAB_META, LoadedModel, portable_base_name
 from tunelab.models.pooled import PooledClassifier, save_pooled
@@ -28,7 +29,27 @@ def save_model(
     folder = Path(folder)
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+        _write_model(loaded, model, staging, labels, task, quantization)
+        give_usual_permissions(staging)
+    except BaseException as error:  # a half-written model is of no use and may hold a full disk
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, SafetensorError):  # a full disk told as text: as an OSError it reads as one
+            raise as_os_error(error) from None
+        raise
+    if folder.exists():
+        previous = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(previous, ignore_errors=True)
+        folder.rename(previous)
+        staging.rename(folder)
+        shutil.rmtree(previous)
+    else:
+        staging.rename(folder)
+    return folder
+
+
+def _write_model(loaded: LoadedModel, model: nn.Module, staging: Path, labels, task: str, quantization) -> None:
     base = model.get_base_model() if is_peft(model) else model
     extra = {"pooling": base.pooling} if isinstance(base, PooledClassifier) else {}
     max_length = loaded.preprocessing.get("max_length", 512)
@@ -63,15 +84,6 @@ def save_model(
     }
     write_json(staging / TUNELAB_META, meta)
     write_json(staging / LABEL_MAP, {"id2label": labels.id2label, "label2id": labels.label2id})
-    if folder.exists():
-        previous = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(previous, ignore_errors=True)
-        folder.rename(previous)
-        staging.rename(folder)
-        shutil.rmtree(previous)
-    else:
-        staging.rename(folder)
-    return folder
 
 
 def record_labels(model: nn.Module, labels) -> None:

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from tunelab.errors import UserError
-from tunelab.io import folder_megabytes, read_json_object
+from tunelab.io import folder_megabytes, give_usual_permissions, read_json_object
 from tunelab.models import load_saved_model, save_model
 from tunelab.models.adapted import merge
 from tunelab.models.card import write_model_card
@@ -67,6 +67,7 @@ def _export_onnx(folder: Path, output: Path) -> dict:
         shutil.copy2(folder / LABEL_MAP, staging / LABEL_MAP)  # as quantize does
         max_length = loaded.preprocessing.get("max_length") if loaded.tokenizer is not None else None
         write_onnx_card(staging, output, check, loaded.labels, max_length)
+        give_usual_permissions(staging)
         staging.rename(output)
     except OSError as error:
         raise UserError(f"export: cannot write {output}: {error.strerror or error}") from None

@@ -23,7 +23,7 @@ from tunelab.data.collate import make_collate
 from tunelab.engine.data_loading import eval_loader
 from tunelab.errors import UserError
 from tunelab.evaluate import model_inputs
-from tunelab.io import folder_megabytes, read_json_object, write_atomic, write_json
+from tunelab.io import folder_megabytes, give_usual_permissions, read_json_object, write_atomic, write_json
 from tunelab.models.loading import LABEL_MAP, TUNELAB_META
 from tunelab.recipes.evaluate import load_run, run_datasets
 from tunelab.recipes.runtime import quiet_libraries
@@ -86,6 +86,7 @@ def _write(run_dir, output, overwrite, config, int8, method, example, report, sp
             "saved_model_mb": folder_megabytes(folder),
         }
         write_json(output / RESULTS, results)
+        give_usual_permissions(output)
         succeeded = True
     finally:
         finish_run_dir(output, succeeded)

@@ -27,6 +27,7 @@ from tunelab.engine.lean import stepped_optimizer
 from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
+from tunelab.errors import UserError
 from tunelab.evaluate import balanced_weights, classification_loss, evaluate_split, evaluate_splits, model_inputs
 from tunelab.evaluate.remembered import Remembered
 from tunelab.forgetting.setup import forgetting_results, setup_forgetting
@@ -117,9 +118,19 @@ def _run_training(config: RunConfig, run_dir: Path, console, progress: bool, res
         if main:
             console.print(f"learning rate: {lr_found['suggested']:.3g} (range test: {lr_found['stopped']})")
     scheduler = build_scheduler(stepped_optimizer(optimizer, accelerator), config.schedule, total_steps)
-    restored = load_latest(run_dir / CHECKPOINTS, accelerator, model, optimizer, scheduler, warn) if resume else None
+    refused: list[str] = []
+    restored = None
+    if resume:
+        restored = load_latest(run_dir / CHECKPOINTS, accelerator, model, optimizer, scheduler, refused.append)
+    if resume and restored is None and refused:  # starting over would discard the run's progress unasked
+        raise UserError(
+            f"--resume: every checkpoint of {run_dir} was refused ({'; '.join(refused)}); "
+            f"tunelab train --resume {run_dir} --restart starts the run again from step 0"
+        )
+    for line in refused:
+        warn(line)
     if resume and restored is None:
-        warn("no usable checkpoint to resume from; starting the run from the beginning")
+        warn("no checkpoint to resume from (the run stopped before its first); starting it from the beginning")
         if main:
             truncate_lines(run_dir / METRICS, 0)
     if restored:
@@ -165,6 +176,7 @@ def _run_training(config: RunConfig, run_dir: Path, console, progress: bool, res
                 "base": base,
                 "train_seconds": earlier_seconds + time.perf_counter() - started,
                 "lr_found": lr_found,
+                "config": config.model_dump(mode="json"),  # an edited config.yaml is refused on resume
             },
         ),
         ProgressBar(console, progress and main, config.train.metric),
