@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from tunelab.collector import set_up_uncollected
 from tunelab.errors import UserError
+from tunelab.lock import holding
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -203,14 +204,15 @@ def cmd_train(args) -> dict:
     # Under torchrun every process runs this; only one may check, set aside (--overwrite) and
     # create the directory, or they race and delete each other's files.
     main_process = _is_main_process()
-    run_dir = prepare_run_dir(output, args.overwrite) if main_process else Path(output)
-    succeeded = False
-    try:
-        results = run_training(config, run_dir, stderr, progress=not (args.quiet or args.json))
-        succeeded = True
-    finally:
-        if main_process:  # a failed run never costs the user the run it was replacing
-            finish_run_dir(run_dir, succeeded)
+    with holding(output, main_process):
+        run_dir = prepare_run_dir(output, args.overwrite) if main_process else Path(output)
+        succeeded = False
+        try:
+            results = run_training(config, run_dir, stderr, progress=not (args.quiet or args.json))
+            succeeded = True
+        finally:
+            if main_process:  # a failed run never costs the user the run it was replacing
+                finish_run_dir(run_dir, succeeded)
     return _report_training(args, run_dir, results)
 
 
@@ -225,18 +227,19 @@ def _resume(args) -> dict:
             "train --resume: the run's own config.yaml is used; drop CONFIG, --set, --output and --overwrite"
         )
     run_dir = Path(args.resume)
-    if not (run_dir / CONFIG).is_file():
-        raise UserError(f"--resume: {run_dir} is not a tunelab run directory (no {CONFIG})")
-    if (run_dir / RESULTS).exists():
-        raise UserError(f"--resume: {run_dir} already finished (it has {RESULTS}); nothing to resume")
-    config = load_config(run_dir / CONFIG)
-    if args.restart:
-        if _is_main_process():
-            forget_progress(run_dir)
-    else:
-        check_config_unchanged(run_dir, config)
-    progress = not (args.quiet or args.json)
-    results = run_training(config, run_dir, stderr, progress=progress, resume=not args.restart)
+    with holding(run_dir, _is_main_process()):
+        if not (run_dir / CONFIG).is_file():
+            raise UserError(f"--resume: {run_dir} is not a tunelab run directory (no {CONFIG})")
+        if (run_dir / RESULTS).exists():
+            raise UserError(f"--resume: {run_dir} already finished (it has {RESULTS}); nothing to resume")
+        config = load_config(run_dir / CONFIG)
+        if args.restart:
+            if _is_main_process():
+                forget_progress(run_dir)
+        else:
+            check_config_unchanged(run_dir, config)
+        progress = not (args.quiet or args.json)
+        results = run_training(config, run_dir, stderr, progress=progress, resume=not args.restart)
     return _report_training(args, run_dir, results)
 
 
@@ -272,14 +275,16 @@ def cmd_compare(args) -> dict:
 
     config = load_config(args.config, args.overrides)
     names = parse_strategies(args.strategies, config)
-    output = prepare_run_dir(args.output or f"runs/{Path(args.config).stem}-compare", args.overwrite)
-    succeeded = False
-    try:
-        write_atomic(output / CONFIG, dump_config(config))
-        summary = run_compare(config, names, output, stderr, progress=not args.json)
-        succeeded = True
-    finally:
-        finish_run_dir(output, succeeded)
+    output = Path(args.output or f"runs/{Path(args.config).stem}-compare")
+    with holding(output):
+        prepare_run_dir(output, args.overwrite)
+        succeeded = False
+        try:
+            write_atomic(output / CONFIG, dump_config(config))
+            summary = run_compare(config, names, output, stderr, progress=not args.json)
+            succeeded = True
+        finally:
+            finish_run_dir(output, succeeded)
     if not args.json:
         stdout.print(comparison_table(summary))
         if measured_forgetting(summary):
@@ -330,9 +335,10 @@ def cmd_quantize(args) -> dict:
         raise UserError("--calibration-rows: must be 1 or more")
     run_dir = Path(args.run_dir)
     output = Path(args.output or f"{run_dir}-int8-{args.method}")
-    results = run_quantize(
-        run_dir, args.method, output, args.overwrite, args.calibration_rows, stderr, show=not args.json
-    )
+    with holding(output):
+        results = run_quantize(
+            run_dir, args.method, output, args.overwrite, args.calibration_rows, stderr, show=not args.json
+        )
     if not args.json:
         stdout.print(compression_table(results["compression"], "float", "int8"))
         stdout.print(f"run directory: {output}")
@@ -344,15 +350,9 @@ def cmd_distill(args) -> dict:
     from tunelab.report.terminal import compression_table
 
     output = Path(args.output or f"{Path(args.run_dir)}-distilled")
-    results = run_distill(
-        Path(args.run_dir),
-        args.student,
-        args.overrides,
-        output,
-        args.overwrite,
-        stderr,
-        show=not (args.quiet or args.json),
-    )
+    with holding(output):
+        show = not (args.quiet or args.json)
+        results = run_distill(Path(args.run_dir), args.student, args.overrides, output, args.overwrite, stderr, show)
     if not args.json:
         stdout.print(compression_table(results["distillation"], "teacher", "student"))
         stdout.print(f"run directory: {output}   report: {output / 'report.html'}")
@@ -371,9 +371,10 @@ def cmd_tune(args) -> dict:
     if trials < 1:
         raise UserError("--trials: must be 1 or more")
     output = Path(args.output or f"runs/{Path(args.config).stem}-tune")
-    _claim_study_dir(output, dump_config(config))
-    write_atomic(output / CONFIG, dump_config(config))
-    summary = run_tune(config, output, trials, args.storage, stderr, show=not args.json)
+    with holding(output):
+        _claim_study_dir(output, dump_config(config))
+        write_atomic(output / CONFIG, dump_config(config))
+        summary = run_tune(config, output, trials, args.storage, stderr, show=not args.json)
     if not args.json:
         stdout.print(trials_table(summary))
         for line in best_lines(summary, output / BEST):
@@ -426,10 +427,11 @@ def cmd_continual(args) -> dict:
         if args.config or args.overrides or args.output or args.overwrite or args.methods:
             raise UserError("continual --resume: the run's own config.yaml is used; drop the other options")
         output = Path(args.resume)
-        if not (output / CONFIG).is_file():
-            raise UserError(f"--resume: {output} is not a tunelab continual directory (no {CONFIG})")
-        config = load_config(output / CONFIG)
-        results = run_continual(config, output, stderr, show=not args.json)
+        with holding(output):
+            if not (output / CONFIG).is_file():
+                raise UserError(f"--resume: {output} is not a tunelab continual directory (no {CONFIG})")
+            config = load_config(output / CONFIG)
+            results = run_continual(config, output, stderr, show=not args.json)
     else:
         if not args.config:
             raise UserError("continual: give a config file (CONFIG) or --resume DIR")
@@ -441,14 +443,16 @@ def cmd_continual(args) -> dict:
         config = load_config(args.config, overrides)
         if config.continual is None:
             raise UserError(f"{args.config}: no continual section (continual: {{benchmark: split-digits}})")
-        output = prepare_run_dir(args.output or f"runs/{Path(args.config).stem}-continual", args.overwrite)
-        succeeded = False
-        try:
-            write_atomic(output / CONFIG, dump_config(config))
-            results = run_continual(config, output, stderr, show=not args.json)
-            succeeded = True
-        finally:
-            finish_run_dir(output, succeeded)
+        output = Path(args.output or f"runs/{Path(args.config).stem}-continual")
+        with holding(output):
+            prepare_run_dir(output, args.overwrite)
+            succeeded = False
+            try:
+                write_atomic(output / CONFIG, dump_config(config))
+                results = run_continual(config, output, stderr, show=not args.json)
+                succeeded = True
+            finally:
+                finish_run_dir(output, succeeded)
     if not args.json:
         for method, found in results["methods"].items():
             stdout.print(matrix_table(method, found))
