@@ -684,3 +684,34 @@ def test_verify_names_what_is_wrong(finished_run, tmp_path):
     (folder / "state.json").write_text("{}", encoding="utf-8")
     with pytest.raises(CorruptCheckpoint, match="state.json does not match its recorded hash"):
         verify(folder)
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_the_resumed_run_is_bit_identical(capsys, tmp_path):
+    config = write_yaml(tmp_path / "run.yaml", cnn_config(epochs=6, checkpoint_every=None, log_every=1))
+    code, err = run_cli(capsys, "train", config, "-o", tmp_path / "whole", "-q")
+    assert code == 0, err
+    run_dir = tmp_path / "run"
+    environment = os.environ | {"OMP_NUM_THREADS": "1"}  # as the in-process run above
+    log = tmp_path / "interrupted.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(config), "-o", str(run_dir), "-q"],
+                                   stderr=stderr, stdout=subprocess.DEVNULL, env=environment)  # fmt: skip
+    try:
+        wait_for(process, lambda: last_logged_step(run_dir, 0) >= STEPS_PER_EPOCH + 4, "step 19", log, timeout=120)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    last = log.read_text().strip().splitlines()[-1]
+    [name] = checkpoint_names(run_dir)  # checkpoint_every is off: this one is the interrupt's
+    step = int(name.split("-")[1])
+    assert step < 6 * STEPS_PER_EPOCH, "the run ended before it was interrupted"
+    assert last == f"interrupted at step {step}; checkpoint saved ({name}); resume with tunelab train --resume {run_dir}"
+    code, err = run_cli(capsys, "train", "--resume", run_dir, "-q")
+    assert code == 0, err
+    assert f"resuming from {name} (step {step})" in one_line(err)
+    assert_same_run(run_dir, tmp_path / "whole")

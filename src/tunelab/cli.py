@@ -190,8 +190,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args) -> dict:
     from tunelab.config import load_config
+    from tunelab.engine.interrupt import Interrupted
     from tunelab.recipes.train import run_training
-    from tunelab.rundir import finish_run_dir, prepare_run_dir
+    from tunelab.rundir import finish_run_dir, prepare_run_dir, replaces_a_run
 
     if args.resume:
         return _resume(args)
@@ -210,6 +211,11 @@ def cmd_train(args) -> dict:
         try:
             results = run_training(config, run_dir, stderr, progress=not (args.quiet or args.json))
             succeeded = True
+        except Interrupted as interrupt:
+            if main_process and replaces_a_run(run_dir):  # put back below: its checkpoint goes with it
+                stopped = str(interrupt).split(";")[0]
+                raise Interrupted(f"{stopped}; {run_dir} holds the run it was replacing again") from None
+            raise
         finally:
             if main_process:  # a failed run never costs the user the run it was replacing
                 finish_run_dir(run_dir, succeeded)
@@ -573,8 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({error.filename})" if error.filename else ""
         print(f"error: output: cannot write{where}: {error.strerror}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(str(interrupt) or "interrupted", file=sys.stderr)
         return 130
 
 

@@ -52,6 +52,11 @@ def finish_run_dir(run_dir: Path, succeeded: bool) -> None:
         discard_unstarted_run(run_dir)
 
 
+def replaces_a_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` was made with ``--overwrite`` over an earlier run, set aside until it finishes."""
+    return _set_aside_name(run_dir).exists()
+
+
 def _set_aside_name(run_dir: Path) -> Path:
     return run_dir.with_name(f".{run_dir.name}.previous")
 

@@ -23,6 +23,7 @@ from tunelab.data.collate import make_collate
 from tunelab.engine.callbacks import BestWeights, EarlyStopping, MetricsFile, ProgressBar, TrainState
 from tunelab.engine.checkpoint import Checkpointer, complete_checkpoints, load_latest, truncate_lines
 from tunelab.engine.data_loading import OnDevice, eval_loader, loading_options, train_loader
+from tunelab.engine.interrupt import stopping_at_step_boundary
 from tunelab.engine.lean import stepped_optimizer
 from tunelab.engine.loop import fit
 from tunelab.engine.optim import build_optimizer
@@ -157,46 +158,48 @@ def _run_training(config: RunConfig, run_dir: Path, console, progress: bool, res
 
     started = time.perf_counter()
     startup_seconds = time.time() - process_started_at()
+    checkpointer = Checkpointer(
+        run_dir / CHECKPOINTS,
+        config.train.checkpoint_every,
+        config.train.keep_checkpoints,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        stateful,
+        run_dir / METRICS,
+        lambda: {
+            "base": base,
+            "train_seconds": earlier_seconds + time.perf_counter() - started,
+            "lr_found": lr_found,
+            "config": config.model_dump(mode="json"),  # an edited config.yaml is refused on resume
+        },
+    )
     callbacks = [
         strategy,
         *([early_stopping] if early_stopping else []),
         MetricsFile(run_dir / METRICS, main),
         BestWeights(config.train.metric, run_dir / BEST, accelerator, config.train.load_best_at_end),
-        Checkpointer(
-            run_dir / CHECKPOINTS,
-            config.train.checkpoint_every,
-            config.train.keep_checkpoints,
-            accelerator,
-            model,
-            optimizer,
-            scheduler,
-            stateful,
-            run_dir / METRICS,
-            lambda: {
-                "base": base,
-                "train_seconds": earlier_seconds + time.perf_counter() - started,
-                "lr_found": lr_found,
-                "config": config.model_dump(mode="json"),  # an edited config.yaml is refused on resume
-            },
-        ),
+        checkpointer,
         ProgressBar(console, progress and main, config.train.metric),
         *callbacks,
     ]
-    state = fit(
-        model,
-        optimizer,
-        scheduler,
-        train_dl,
-        loss_fn,
-        lambda: evaluate_split(model, eval_dls["validation"], accelerator, num_labels),
-        accelerator,
-        config.train,
-        callbacks,
-        strategy.train_mode,
-        sampler,
-        state,
-        resume_rng=restored["rng"] if restored else None,
-    )
+    with stopping_at_step_boundary(checkpointer, len(train_dl), accelerator.num_processes) as on_interrupt:
+        state = fit(
+            model,
+            optimizer,
+            scheduler,
+            train_dl,
+            loss_fn,
+            lambda: evaluate_split(model, eval_dls["validation"], accelerator, num_labels),
+            accelerator,
+            config.train,
+            callbacks + on_interrupt,  # last: it sees the step after every other callback has
+            strategy.train_mode,
+            sampler,
+            state,
+            resume_rng=restored["rng"] if restored else None,
+        )
     train_seconds = earlier_seconds + time.perf_counter() - started
     final = evaluate_splits(model, eval_dls, accelerator, num_labels, bars, "fine-tuned model", eval_groups)
 
