@@ -710,7 +710,8 @@ def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_the_resumed_run_is_bit_ide
     [name] = checkpoint_names(run_dir)  # checkpoint_every is off: this one is the interrupt's
     step = int(name.split("-")[1])
     assert step < 6 * STEPS_PER_EPOCH, "the run ended before it was interrupted"
-    assert last == f"interrupted at step {step}; checkpoint saved ({name}); resume with tunelab train --resume {run_dir}"
+    resume = f"resume with tunelab train --resume {run_dir}"
+    assert last == f"interrupted at step {step}; checkpoint saved ({name}); {resume}"
     code, err = run_cli(capsys, "train", "--resume", run_dir, "-q")
     assert code == 0, err
     assert f"resuming from {name} (step {step})" in one_line(err)
