@@ -188,3 +188,17 @@ def test_a_text_with_nothing_visible_is_an_empty_text(tiny_bert, tmp_path, capsy
     data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     config = write(tmp_path, {"model": {"source": str(tiny_bert)}, "data": {"train": str(data)}})
     assert "have an empty 'text' (first: data row 1)" in refused(capsys, "train", config, "-o", tmp_path / "run")
+
+
+@pytest.mark.parametrize("rows", [[("good", "pos"), ("bad", "neg")], [("a", "x"), ("b", "y"), ("c", "z")]])
+def test_too_few_rows_to_hold_out_a_validation_split_says_so(tiny_bert, tmp_path, capsys, rows):
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows), encoding="utf-8")
+    config = {"task": "text-classification", "model": {"source": str(tiny_bert)}, "data": {"train": str(data)}}
+    before = hashes(tmp_path)
+    err = refused(capsys, "train", write(tmp_path, config), "-o", tmp_path / "run")
+    classes = len({label for _, label in rows})
+    assert f"data.train: too few rows to hold out a validation split ({len(rows)} rows, {classes} classes" in err
+    assert "add rows or give data.validation" in err
+    assert not (tmp_path / "run").exists()
+    assert {k: v for k, v in hashes(tmp_path).items() if k != "run.yaml"} == before

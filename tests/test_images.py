@@ -179,3 +179,39 @@ def test_an_undecodable_image_in_training_data_names_the_file(image_folder, tmp_
     assert main(["train", str(config_file), "--output", str(tmp_path / "run"), "--quiet"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and str(broken) in lines[0] and "data.train" in lines[0]
+
+
+def bomb_png(path: Path, side: int = 30_000) -> Path:
+    """A PNG whose header declares side x side pixels (900 MP): Pillow sizes an image from it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    pixels = zlib.compress(b"\0" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_by_name_before_it_is_decoded(image_folder, tmp_path, capsys, copy_tree):
+    data = copy_tree(image_folder / "train", tmp_path / "train")
+    bomb = bomb_png(data / "one" / "bomb.png")
+    data_section = {"train": str(data), "image_size": 16}
+    config = {"task": "image-classification", "model": {"source": "cnn"}, "data": data_section}
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["train", str(config_file), "-o", str(tmp_path / "run"), "-q"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"data.train: {bomb} declares more than" in line and "decompression bomb" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_predict_refuses_a_decompression_bomb_by_name(cnn_run, tmp_path, capsys):
+    bomb = bomb_png(tmp_path / "bomb.png")
+    capsys.readouterr()
+    assert main(["predict", str(cnn_run), "--input", str(bomb)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"--input: {bomb} declares more than" in line

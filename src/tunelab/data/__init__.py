@@ -161,6 +161,13 @@ def _hold_out(split: RawSplit, fraction: float, seed: int) -> tuple[RawSplit, Ra
         train_idx, val_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
     except ValueError as error:
         raise UserError(f"data.validation_fraction: cannot hold out {fraction} of train: {error}") from None
+    left = {split.labels[i] for i in train_idx}
+    lost = [label for label in dict.fromkeys(split.labels) if label not in left]
+    if lost:
+        raise UserError(
+            f"data.train: too few rows to hold out a validation split ({len(indices)} rows, {len(counts)} classes: "
+            f"class {lost[0]!r} would be left only in validation); add rows or give data.validation"
+        )
     return split.subset(train_idx, "train"), split.subset(val_idx, "validation")
 
 

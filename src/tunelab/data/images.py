@@ -34,6 +34,11 @@ def open_image(path: Path, where: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
+    except Image.DecompressionBombError:  # raised from the header, before any pixel is decoded
+        raise UserError(
+            f"{where}: {path} declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression bomb, "
+            "or a scan far larger than any model input); refused without decoding it: remove or shrink it"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise UserError(f"{where}: cannot decode image {path}: {type(error).__name__}") from None
 
