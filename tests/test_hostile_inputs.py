@@ -202,3 +202,155 @@ def test_too_few_rows_to_hold_out_a_validation_split_says_so(tiny_bert, tmp_path
     assert "add rows or give data.validation" in err
     assert not (tmp_path / "run").exists()
     assert {k: v for k, v in hashes(tmp_path).items() if k != "run.yaml"} == before
+
+
+# -- ten more of our own: hostile files, concurrent use, resources running out ----------------------
+
+
+def test_yaml_nested_a_hundred_thousand_deep_is_refused_not_a_recursion_error(tmp_path, capsys):
+    deep = write(tmp_path, "train: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert "invalid YAML: nested too deeply to be a config" in refused(capsys, "train", deep, "-o", tmp_path / "run")
+
+
+def test_a_config_of_many_megabytes_is_refused_before_it_is_read(tmp_path, capsys):
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as file:
+        file.truncate(300 * 2**20)  # sparse: 300 MB of nothing, read in a second or two if read at all
+    assert "300 MB is no config" in refused(capsys, "train", huge, "-o", tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("deep.jsonl", '{"text": ' + "[" * 50_000 + "]" * 50_000 + ', "label": 1}\n', "line 1 is nested too deeply"),
+        ("nul.csv", "text,label\nfine,pos\ngood\x00movie,neg\n", "data row 2 of {path} holds a NUL byte in 'text'"),
+        ("nul.jsonl", '{"text": "a\\u0000b", "label": 1}\n{"text": "c", "label": 0}\n', "data row 1 of {path}"),
+    ],
+)
+def test_hostile_table_files_are_one_line_naming_the_row(tmp_path, capsys, name, content, says):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    before = hashes(tmp_path)
+    err = refused(capsys, "audit", "--data", path, "-o", tmp_path / "audit")
+    assert says.format(path=path) in err
+    assert hashes(tmp_path) == before
+
+
+def test_a_pipe_or_a_device_as_data_is_not_read(tiny_bert, tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe.csv")  # reading it would wait for a writer for ever
+    (tmp_path / "zero.csv").symlink_to("/dev/zero")  # reading it would never end
+    for name in ("pipe.csv", "zero.csv"):
+        config = {"task": "text-classification", "model": {"source": str(tiny_bert)}, "data": {"train": name}}
+        err = refused(capsys, "train", write(tmp_path, config | {"data": {"train": str(tmp_path / name)}}))
+        assert f"data.train: {tmp_path / name} is not a regular file (a pipe or a device)" in err
+
+
+def test_a_pipe_a_device_or_a_broken_link_in_an_image_folder_is_named(tmp_path, capsys):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(4):
+            Image.new("RGB", (8, 8), (60 * index, 0, 0)).save(tmp_path / "images" / label / f"{index}.png")
+    config = {"task": "image-classification", "model": {"source": "cnn"},
+              "data": {"train": str(tmp_path / "images"), "image_size": 8}, "train": {"epochs": 1}}  # fmt: skip
+    config_file = write(tmp_path, config)
+    plant = tmp_path / "images" / "a" / "x.png"
+    for make in (os.mkfifo, lambda path: path.symlink_to("/dev/zero"), lambda path: path.symlink_to("gone.png")):
+        make(plant)
+        err = refused(capsys, "train", config_file, "-o", tmp_path / "run")
+        assert f"data.train: {plant} is not a regular file" in err
+        plant.unlink()
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_small_image_folder_holds_out_one_validation_image_per_class(tmp_path, capsys):
+    """Ten images of two classes at validation_fraction 0.1: sklearn alone refuses (one validation
+    row for two classes); one per class is held out instead."""
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(5):
+            Image.new("RGB", (8, 8), (50 * index, 0, 255 * (label == "b"))).save(
+                tmp_path / "images" / label / f"{index}.png"
+            )
+    config = {"task": "image-classification", "model": {"source": "cnn"},
+              "data": {"train": str(tmp_path / "images"), "image_size": 8}, "train": {"epochs": 1}}  # fmt: skip
+    assert main(["train", str(write(tmp_path, config)), "-o", str(tmp_path / "run"), "-q", "--json"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["examples"] == {"train": 8, "validation": 2}
+
+
+@pytest.fixture
+def finished_digits_run(tmp_path) -> Path:
+    assert main(["train", str(write(tmp_path, DIGITS)), "-o", str(tmp_path / "run"), "-q"]) == 0
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(("meta", "says"), [({}, "damaged (no 'kind')"), (None, "damaged (labels is not a list)")])
+def test_a_model_record_missing_what_loading_needs_is_one_line(finished_digits_run, capsys, meta, says):
+    record = finished_digits_run / "model" / "tunelab.json"
+    if meta is None:
+        meta = json.loads(record.read_text()) | {"labels": "0,1"}
+    record.write_text(json.dumps(meta), encoding="utf-8")
+    before = hashes(finished_digits_run)
+    for command in (["eval", finished_digits_run], ["predict", finished_digits_run, "--input", record]):
+        assert f"{record}: {says}" in refused(capsys, *command)
+    assert hashes(finished_digits_run) == before
+
+
+def test_predict_never_writes_over_its_input(finished_digits_run, tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "query.png"
+    Image.new("RGB", (8, 8)).save(image)
+    before = hashes(tmp_path / "run")
+    original = image.read_bytes()
+    assert "already exists" in refused(capsys, "predict", finished_digits_run, "--input", image, "-o", image)
+    assert image.read_bytes() == original and hashes(tmp_path / "run") == before
+
+
+def test_a_full_disk_while_saving_the_final_model_is_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    import tunelab.models.saving as saving
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(saving, "save_safetensors", full)
+    config = DIGITS | {"train": DIGITS["train"] | {"checkpoint_every": "epoch"}}
+    err = refused(capsys, "train", write(tmp_path, config), "-o", tmp_path / "run")
+    assert "output: cannot write" in err and "No space left on device" in err
+    assert not (tmp_path / "model").exists() and not list(tmp_path.glob("run/.model*"))  # no half model left
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(tmp_path / "run"), "-q"]) == 0
+    assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+def test_ctrl_c_on_an_overwrite_run_puts_the_earlier_run_back_and_says_so(tmp_path, capsys, monkeypatch):
+    import signal
+
+    import tunelab.recipes.train as train_recipe
+    from tunelab.engine.callbacks import Callback
+
+    config = write(tmp_path, DIGITS | {"train": DIGITS["train"] | {"epochs": 3, "batch_size": 4}})
+    assert main(["train", str(config), "-o", str(tmp_path / "run"), "-q"]) == 0
+    before = hashes(tmp_path / "run")
+
+    class CtrlC(Callback):
+        def on_step_end(self, state):
+            if state.step == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    fit = train_recipe.fit
+    monkeypatch.setattr(
+        train_recipe, "fit", lambda *args, **kwargs: fit(*args[:8], [CtrlC(), *args[8]], *args[9:], **kwargs)
+    )
+    capsys.readouterr()
+    assert main(["train", str(config), "-o", str(tmp_path / "run"), "--overwrite", "-q"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"interrupted at step 2; {tmp_path / 'run'} holds the run it was replacing again", err
+    assert hashes(tmp_path / "run") == before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as usual again

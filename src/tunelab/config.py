@@ -742,15 +742,22 @@ class _DuplicateKey(yaml.YAMLError):
         self.problem, self.problem_mark = problem, mark
 
 
+LARGEST_CONFIG = 1 << 20  # bytes; the largest example config is 3 KB
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if path.exists() and not path.is_file():  # a folder, a device such as /dev/zero, a FIFO
         raise UserError(f"{path}: not a regular file; a config is a YAML file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
+    if path.stat().st_size > LARGEST_CONFIG:
+        raise UserError(f"{path}: {path.stat().st_size / 2**20:.0f} MB is no config (they are a few KB); wrong file?")
     try:
         loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:  # [[[[...]]]] thousands deep
+        raise UserError(f"{path}: invalid YAML: nested too deeply to be a config") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -6,6 +6,7 @@ model's own tokenizer or image processor is needed to prepare the inputs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -157,8 +158,13 @@ def _hold_out(split: RawSplit, fraction: float, seed: int) -> tuple[RawSplit, Ra
     stratify = split.labels if counts.min() >= 2 else None
     from sklearn.model_selection import train_test_split  # here: importing it costs a second
 
+    # Stratified, every class needs a row on each side: a small file gets that many validation rows.
+    held = max(math.ceil(fraction * len(indices)), len(counts)) if stratify is not None else fraction
+    if stratify is not None and len(indices) - held < len(counts):
+        held = fraction  # cannot be met: the check below names the class that is lost
+        stratify = None
     try:
-        train_idx, val_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
+        train_idx, val_idx = train_test_split(indices, test_size=held, random_state=seed, stratify=stratify)
     except ValueError as error:
         raise UserError(f"data.validation_fraction: cannot hold out {fraction} of train: {error}") from None
     left = {split.labels[i] for i in train_idx}

@@ -45,6 +45,8 @@ def read_table(path: str | Path, where: str) -> pd.DataFrame:
         raise UserError(f"{where}: file not found: {path}")
     if path.is_dir():
         raise UserError(f"{where}: {path} is a folder; text data must be a csv/tsv/jsonl/parquet file")
+    if not path.is_file():  # a FIFO would block the read, a device would never end it
+        raise UserError(f"{where}: {path} is not a regular file (a pipe or a device); give a data file")
     kind = TABLE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise UserError(
@@ -68,13 +70,24 @@ def read_table(path: str | Path, where: str) -> pd.DataFrame:
             )
     except UnicodeDecodeError as error:
         raise UserError(f"{where}: {path} is not UTF-8 text (bad byte at offset {error.start})") from None
+    except RecursionError:
+        raise UserError(f"{where}: cannot parse {path}: a value is nested too deeply") from None
     except (ValueError, pd.errors.ParserError, OSError) as error:
         if kind == "jsonl":
             _name_bad_json_line(path, where)
         raise UserError(f"{where}: cannot parse {path}: {first_line(error)}") from None
     if frame.empty:
         raise UserError(f"{where}: {path} has no data rows")
+    _no_nul_bytes(frame, where, path)
     return frame
+
+
+def _no_nul_bytes(frame: pd.DataFrame, where: str, path: Path) -> None:
+    """Text never holds a NUL byte: a cell with one is a binary file renamed, or a damaged one."""
+    for column in frame.columns:
+        found = frame[column].map(lambda value: isinstance(value, str) and "\x00" in value).to_numpy().nonzero()[0]
+        if len(found):
+            raise UserError(f"{where}: data row {found[0] + 1} of {path} holds a NUL byte in '{column}'; is it text?")
 
 
 def _name_bad_json_line(path: Path, where: str) -> None:
@@ -87,6 +100,8 @@ def _name_bad_json_line(path: Path, where: str) -> None:
                 parsed = json.loads(line)
             except json.JSONDecodeError as error:
                 raise UserError(f"{where}: {path} line {number} is not valid JSON ({error.msg})") from None
+            except RecursionError:
+                raise UserError(f"{where}: {path} line {number} is nested too deeply") from None
             if not isinstance(parsed, dict):
                 raise UserError(f"{where}: {path} line {number} is not a JSON object") from None
 
@@ -238,9 +253,12 @@ def image_folder_split(path: str | Path, role: str, where: str | None = None) ->
     inputs, labels = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for file in sorted(class_dir.rglob("*")):
-            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
-                inputs.append(file)
-                labels.append(class_dir.name)
+            if file.suffix.lower() not in IMAGE_SUFFIXES or file.is_dir():
+                continue
+            if not file.is_file():  # a pipe would block decoding, a device never end it
+                raise UserError(f"{where}: {file} is not a regular file (a pipe, a device or a broken link)")
+            inputs.append(file)
+            labels.append(class_dir.name)
     if not inputs:
         raise UserError(f"{where}: no images found in class sub-folders of {root}")
     return RawSplit(role, inputs, labels, str(root))

@@ -464,7 +464,11 @@ def read_meta(folder: Path) -> dict:
     path = Path(folder) / TUNELAB_META
     if not path.exists():
         raise UserError(f"{folder}: not a tunelab model folder (no {TUNELAB_META})")
-    return read_json_object(path)
+    meta = read_json_object(path)
+    missing = [key for key in ("kind", "source", "task", "labels") if key not in meta]
+    if missing or not isinstance(meta["labels"], list):
+        raise UserError(f"{path}: damaged ({f'no {missing[0]!r}' if missing else 'labels is not a list'})")
+    return meta
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
