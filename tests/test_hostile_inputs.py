@@ -354,3 +354,26 @@ def test_ctrl_c_on_an_overwrite_run_puts_the_earlier_run_back_and_says_so(tmp_pa
     assert err == f"interrupted at step 2; {tmp_path / 'run'} holds the run it was replacing again", err
     assert hashes(tmp_path / "run") == before
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as usual again
+
+
+def test_a_pipe_or_a_device_as_predict_input_is_not_read(finished_digits_run, tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    for given in (tmp_path / "pipe.png", tmp_path / "zero.png", Path("/dev/null")):
+        err = refused(capsys, "predict", finished_digits_run, "--input", given)
+        assert f"--input: {given} is not a regular file (a pipe or a device)" in err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_every_file_of_a_run_follows_the_umask_weights_included(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        config = DIGITS | {"train": DIGITS["train"] | {"checkpoint_every": "epoch"}}
+        assert main(["train", str(write(tmp_path, config)), "-o", str(tmp_path / "run"), "-q"]) == 0
+        assert main(["quantize", str(tmp_path / "run"), "-o", str(tmp_path / "int8"), "-q"]) == 0
+    finally:
+        os.umask(previous)
+    files = [path for folder in ("run", "int8") for path in (tmp_path / folder).rglob("*") if path.is_file()]
+    assert any(path.name == "model.safetensors" for path in files)  # the files safetensors made 0600
+    modes = {str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777) for path in files}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes

@@ -100,7 +100,7 @@ def _texts_from_file(path: Path, column: str, pair_column: str | None = None) ->
                 f"csv/tsv/jsonl/parquet file with the columns '{column}' and '{pair_column}'"
             )
         if not path.is_file():
-            raise UserError(f"--input: file not found: {path}")
+            raise UserError(f"--input: {_not_readable(path)}")
         try:
             lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError:
@@ -120,8 +120,17 @@ def _images_from_path(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+        odd = next((p for p in files if not p.is_file()), None)
+        if odd is not None:  # a pipe would block decoding, a device never end it
+            raise UserError(f"--input: {_not_readable(odd)}")
         if files:
             return files
         raise UserError(f"--input: no images in {path}")
-    raise UserError(f"--input: not found: {path}")
+    raise UserError(f"--input: {_not_readable(path)}")
+
+
+def _not_readable(path: Path) -> str:
+    if path.exists():
+        return f"{path} is not a regular file (a pipe or a device)"
+    return f"{path} is a broken link" if path.is_symlink() else f"not found: {path}"
