@@ -274,23 +274,15 @@ def cmd_compare(args) -> dict:
     from rich.markup import escape
 
     from tunelab.config import dump_config, load_config
-    from tunelab.io import write_atomic
     from tunelab.recipes.compare import parse_strategies, run_compare
     from tunelab.report.compare import comparison_table, failure_lines, forgetting_table, measured_forgetting
-    from tunelab.rundir import CONFIG, REPORT, finish_run_dir, prepare_run_dir
+    from tunelab.rundir import REPORT, fresh_run_dir
 
     config = load_config(args.config, args.overrides)
     names = parse_strategies(args.strategies, config)
     output = Path(args.output or f"runs/{Path(args.config).stem}-compare")
-    with holding(output):
-        prepare_run_dir(output, args.overwrite)
-        succeeded = False
-        try:
-            write_atomic(output / CONFIG, dump_config(config))
-            summary = run_compare(config, names, output, stderr, progress=not args.json)
-            succeeded = True
-        finally:
-            finish_run_dir(output, succeeded)
+    with fresh_run_dir(output, args.overwrite, dump_config(config)):
+        summary = run_compare(config, names, output, stderr, progress=not args.json)
     if not args.json:
         stdout.print(comparison_table(summary))
         if measured_forgetting(summary):
@@ -424,10 +416,9 @@ def cmd_lr_find(args) -> dict:
 
 def cmd_continual(args) -> dict:
     from tunelab.config import dump_config, load_config
-    from tunelab.io import write_atomic
     from tunelab.recipes.continual import SUMMARY, run_continual
     from tunelab.report.continual import matrix_table, summary_table
-    from tunelab.rundir import CONFIG, REPORT, finish_run_dir, prepare_run_dir
+    from tunelab.rundir import CONFIG, REPORT, fresh_run_dir
 
     if args.resume:
         if args.config or args.overrides or args.output or args.overwrite or args.methods:
@@ -450,15 +441,8 @@ def cmd_continual(args) -> dict:
         if config.continual is None:
             raise UserError(f"{args.config}: no continual section (continual: {{benchmark: split-digits}})")
         output = Path(args.output or f"runs/{Path(args.config).stem}-continual")
-        with holding(output):
-            prepare_run_dir(output, args.overwrite)
-            succeeded = False
-            try:
-                write_atomic(output / CONFIG, dump_config(config))
-                results = run_continual(config, output, stderr, show=not args.json)
-                succeeded = True
-            finally:
-                finish_run_dir(output, succeeded)
+        with fresh_run_dir(output, args.overwrite, dump_config(config)):
+            results = run_continual(config, output, stderr, show=not args.json)
     if not args.json:
         for method, found in results["methods"].items():
             stdout.print(matrix_table(method, found))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from tunelab.errors import UserError
+from tunelab.io import write_atomic
+from tunelab.lock import holding
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -37,6 +41,21 @@ def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
         raise UserError(f"output: cannot create {run_dir}: {error.strerror or error}") from None
     _check_writable(run_dir)
     return run_dir
+
+
+@contextlib.contextmanager
+def fresh_run_dir(path: str | Path, overwrite: bool, config_text: str) -> Iterator[Path]:
+    """For the block: the folder locked, created (an earlier run set aside under ``--overwrite``)
+    with its config written; on failure the earlier run is put back."""
+    with holding(path):
+        run_dir = prepare_run_dir(path, overwrite)
+        succeeded = False
+        try:
+            write_atomic(run_dir / CONFIG, config_text)
+            yield run_dir
+            succeeded = True
+        finally:
+            finish_run_dir(run_dir, succeeded)
 
 
 def finish_run_dir(run_dir: Path, succeeded: bool) -> None:
