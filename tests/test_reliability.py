@@ -716,3 +716,17 @@ def test_ctrl_c_stops_at_a_step_with_a_checkpoint_and_the_resumed_run_is_bit_ide
     assert code == 0, err
     assert f"resuming from {name} (step {step})" in one_line(err)
     assert_same_run(run_dir, tmp_path / "whole")
+
+
+def test_a_second_ctrl_c_stops_at_once_and_other_callers_keep_the_usual_handler():
+    from tunelab.engine.interrupt import stopping_at_step_boundary
+
+    for processes in (0, 2):  # tune, demo and distill runs (0), or several processes: Python's own handler
+        with stopping_at_step_boundary(None, 10, processes) as callbacks:
+            assert callbacks == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with stopping_at_step_boundary(None, 10, 1) as [callback]:
+        callback.ask(signal.SIGINT, None)  # the first asks, and returns
+        assert callback.requested
+        with pytest.raises(KeyboardInterrupt):
+            callback.ask(signal.SIGINT, None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -209,7 +209,8 @@ def cmd_train(args) -> dict:
         run_dir = prepare_run_dir(output, args.overwrite) if main_process else Path(output)
         succeeded = False
         try:
-            results = run_training(config, run_dir, stderr, progress=not (args.quiet or args.json))
+            progress = not (args.quiet or args.json)
+            results = run_training(config, run_dir, stderr, progress=progress, interruptible=True)
             succeeded = True
         except Interrupted as interrupt:
             if main_process and replaces_a_run(run_dir):  # put back below: its checkpoint goes with it
@@ -245,7 +246,7 @@ def _resume(args) -> dict:
         else:
             check_config_unchanged(run_dir, config)
         progress = not (args.quiet or args.json)
-        results = run_training(config, run_dir, stderr, progress=progress, resume=not args.restart)
+        results = run_training(config, run_dir, stderr, progress=progress, resume=not args.restart, interruptible=True)
     return _report_training(args, run_dir, results)
 
 

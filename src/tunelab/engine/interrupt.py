@@ -60,8 +60,9 @@ class StopAtStepBoundary(Callback):
 
 @contextlib.contextmanager
 def stopping_at_step_boundary(checkpointer: Checkpointer, batches_per_epoch: int, processes: int) -> Iterator[list]:
-    """The callbacks (none or one) that answer Ctrl-C at a step boundary, for the block."""
-    if processes > 1 or threading.current_thread() is not threading.main_thread():
+    """The callbacks (none or one) that answer Ctrl-C at a step boundary, for the block; none for
+    ``processes`` other than 1 (0: the caller does not resume runs)."""
+    if processes != 1 or threading.current_thread() is not threading.main_thread():
         yield []
         return
     callback = StopAtStepBoundary(checkpointer, batches_per_epoch)

@@ -50,19 +50,23 @@ def run_training(
     progress: bool = True,
     resume: bool = False,
     callbacks: tuple = (),
+    interruptible: bool = False,
 ) -> dict:
     """Train, evaluate before and after, save the model, results and report. Returns results.
-    ``callbacks`` join the run's own (a tuning study's pruning, say).
+    ``callbacks`` join the run's own (a tuning study's pruning, say). ``interruptible``: Ctrl-C
+    stops at a step boundary with a checkpoint, for ``--resume`` (the train command's runs only).
 
     With ``resume`` the newest verified checkpoint in ``run_dir`` is restored (weights,
     optimizer, schedule, every RNG, the position in the epoch, callback state) and the run
     continues as if it had never stopped.
     """
     with set_up_uncollected():  # until the model is loaded (the command line pauses it sooner)
-        return _run_training(config, run_dir, console, progress, resume, callbacks)
+        return _run_training(config, run_dir, console, progress, resume, callbacks, interruptible)
 
 
-def _run_training(config: RunConfig, run_dir: Path, console, progress: bool, resume: bool, callbacks: tuple) -> dict:
+def _run_training(
+    config: RunConfig, run_dir: Path, console, progress: bool, resume: bool, callbacks: tuple, interruptible: bool
+) -> dict:
     quiet_libraries()
     console = console or Console(stderr=True)
     # Built before this run makes its Accelerator and seeds: building is a nested run that would
@@ -184,7 +188,8 @@ def _run_training(config: RunConfig, run_dir: Path, console, progress: bool, res
         ProgressBar(console, progress and main, config.train.metric),
         *callbacks,
     ]
-    with stopping_at_step_boundary(checkpointer, len(train_dl), accelerator.num_processes) as on_interrupt:
+    processes = accelerator.num_processes if interruptible else 0  # 0: leave Ctrl-C as it is
+    with stopping_at_step_boundary(checkpointer, len(train_dl), processes) as on_interrupt:
         state = fit(
             model,
             optimizer,
