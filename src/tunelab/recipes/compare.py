@@ -26,11 +26,11 @@ from tunelab.config import (
     validate,
 )
 from tunelab.errors import UserError
-from tunelab.io import read_jsonl, write_atomic, write_json
+from tunelab.io import write_atomic, write_json
 from tunelab.rates import HIGHEST_RATE, STRATEGY_FACTOR
 from tunelab.report.compare import rate_text
 from tunelab.report.html import SHOWN_METRICS
-from tunelab.rundir import METRICS, REPORT
+from tunelab.rundir import REPORT
 
 COMPARISON = "comparison.json"
 DEFAULT_STRATEGIES = ("full", "partial", "progressive", "discriminative", "bitfit", "lora", "adapter", "ia3")
@@ -166,12 +166,3 @@ def _one_line(row: dict) -> str:
     accuracy = row["validation"].get("accuracy")
     shown = f"validation accuracy {accuracy:.4f}, " if accuracy is not None else ""
     return f"  {shown}{row['trainable_percent']:.2f}% trainable, {row['train_seconds']:.1f} s"
-
-
-def curves(output: Path, rows: list[dict]) -> dict[str, list[dict]]:
-    """metrics.jsonl of every strategy that ran, by name."""
-    return {
-        row["strategy"]: read_jsonl(Path(row["run_dir"]) / METRICS)
-        for row in rows
-        if (Path(row["run_dir"]) / METRICS).exists()
-    }

@@ -8,9 +8,10 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from tunelab.io import write_atomic
+from tunelab.io import read_jsonl, write_atomic
 from tunelab.report import plots
 from tunelab.report.html import STYLE, image
+from tunelab.rundir import METRICS
 
 COLUMNS = (  # headers on two short lines, so the table fits an 80-column terminal
     ("strategy", "strategy"),
@@ -99,9 +100,16 @@ def failure_lines(summary: dict) -> list[str]:
     return [f"{row['strategy']}: {row['error']}" for row in summary["rows"] if row.get("error")]
 
 
-def write_comparison_report(output: Path, summary: dict, path: Path) -> Path:
-    from tunelab.recipes.compare import curves
+def _curves(rows: list[dict]) -> dict[str, list[dict]]:
+    """metrics.jsonl of every strategy that ran, by name."""
+    return {
+        row["strategy"]: read_jsonl(Path(row["run_dir"]) / METRICS)
+        for row in rows
+        if (Path(row["run_dir"]) / METRICS).exists()
+    }
 
+
+def write_comparison_report(output: Path, summary: dict, path: Path) -> Path:
     metric = summary["metric"]
     sections = [f"<h1>tunelab compare: {escape(Path(output).name)}</h1>", _html_table(summary, COLUMNS)]
     if measured_forgetting(summary):
@@ -109,7 +117,7 @@ def write_comparison_report(output: Path, summary: dict, path: Path) -> Path:
     failed = [row for row in summary["rows"] if row.get("error")]
     for row in failed:
         sections.append(f"<p><b>{escape(row['strategy'])}</b>: {escape(row['error'])}</p>")
-    records = curves(output, summary["rows"])
+    records = _curves(summary["rows"])
     if records:
         sections.append("<h2>Curves</h2><div class='grid'>")
         sections.append(image(plots.strategy_curves(records, "train", "loss", "train loss"), "train loss"))
