@@ -750,8 +750,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a regular file; a config is a YAML file")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
-    if path.stat().st_size > LARGEST_CONFIG:
-        raise UserError(f"{path}: {path.stat().st_size / 2**20:.0f} MB is no config (they are a few KB); wrong file?")
+    size = path.stat().st_size
+    if size > LARGEST_CONFIG:
+        raise UserError(f"{path}: {size / 2**20:.0f} MB is no config (they are a few KB); wrong file?")
     try:
         loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
     except UnicodeDecodeError:

@@ -46,7 +46,7 @@ def read_table(path: str | Path, where: str) -> pd.DataFrame:
     if path.is_dir():
         raise UserError(f"{where}: {path} is a folder; text data must be a csv/tsv/jsonl/parquet file")
     if not path.is_file():  # a FIFO would block the read, a device would never end it
-        raise UserError(f"{where}: {path} is not a regular file (a pipe or a device); give a data file")
+        raise UserError(f"{where}: {not_a_regular_file(path)}; give a data file")
     kind = TABLE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise UserError(
@@ -242,6 +242,11 @@ def label_text(label: object) -> str:
     return str(label).strip()
 
 
+def not_a_regular_file(path: Path) -> str:
+    """What is wrong with a path that exists as a name but is no file to read."""
+    return f"{path} is not a regular file ({'a pipe or a device' if path.exists() else 'a broken link'})"
+
+
 def image_folder_split(path: str | Path, role: str, where: str | None = None) -> RawSplit:
     """One sub-folder per class; every image file inside it is an example of that class."""
     where = where or f"data.{role}"
@@ -256,7 +261,7 @@ def image_folder_split(path: str | Path, role: str, where: str | None = None) ->
             if file.suffix.lower() not in IMAGE_SUFFIXES or file.is_dir():
                 continue
             if not file.is_file():  # a pipe would block decoding, a device never end it
-                raise UserError(f"{where}: {file} is not a regular file (a pipe, a device or a broken link)")
+                raise UserError(f"{where}: {not_a_regular_file(file)}")
             inputs.append(file)
             labels.append(class_dir.name)
     if not inputs:

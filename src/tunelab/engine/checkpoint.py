@@ -76,6 +76,10 @@ def load_weights(model: torch.nn.Module, folder: Path) -> dict:
 # -- full checkpoints ------------------------------------------------------------------------------
 
 
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
 def saves_at_step(every, step: int) -> bool:
     """Whether ``train.checkpoint_every`` (``epoch``, N or None) asks for a checkpoint at ``step``."""
     return isinstance(every, int) and step % every == 0
@@ -112,7 +116,7 @@ class Checkpointer(Callback):
 
     def save(self, state: TrainState, epoch: int, batches: int) -> None:
         accelerator = self.accelerator
-        final = self.root / f"step-{state.step:06d}"
+        final = self.root / checkpoint_name(state.step)
         partial = self.root / f".{final.name}.partial"
         payload = {
             "format_version": 1,
@@ -177,7 +181,7 @@ class Checkpointer(Callback):
 
     def _prune(self, state: TrainState) -> None:
         complete = complete_checkpoints(self.root)
-        protected = {f"step-{state.best_step:06d}"} if state.best_step is not None else set()
+        protected = {checkpoint_name(state.best_step)} if state.best_step is not None else set()
         for folder in complete[self.keep :]:
             if folder.name not in protected:
                 shutil.rmtree(folder, ignore_errors=True)

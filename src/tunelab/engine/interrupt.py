@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tunelab.engine.callbacks import Callback, TrainState
-from tunelab.engine.checkpoint import Checkpointer, complete_checkpoints
+from tunelab.engine.checkpoint import Checkpointer, checkpoint_name
 
 
 class Interrupted(KeyboardInterrupt):
@@ -47,11 +47,9 @@ class StopAtStepBoundary(Callback):
             self._stop(state, epoch=state.epoch + 1, batches=0)
 
     def _stop(self, state: TrainState, epoch: int, batches: int) -> None:
-        root = self.checkpointer.root
-        newest = complete_checkpoints(root)
-        if not newest or newest[0].name != f"step-{state.step:06d}":
+        root, name = self.checkpointer.root, checkpoint_name(state.step)
+        if not (root / name).is_dir():  # unless the Checkpointer has just saved this step
             self.checkpointer.save(state, epoch=epoch, batches=batches)
-        name = complete_checkpoints(root)[0].name
         raise Interrupted(
             f"interrupted at step {state.step}; checkpoint saved ({name}); "
             f"resume with tunelab train --resume {Path(root).parent}"

@@ -8,7 +8,7 @@ import torch
 
 from tunelab.data.images import open_image
 from tunelab.data.prepare import prepared_input
-from tunelab.data.readers import IMAGE_SUFFIXES, read_table, require_columns
+from tunelab.data.readers import IMAGE_SUFFIXES, not_a_regular_file, read_table, require_columns
 from tunelab.errors import UserError
 from tunelab.evaluate import output_logits
 from tunelab.recipes.evaluate import load_run
@@ -131,6 +131,4 @@ def _images_from_path(path: Path) -> list[Path]:
 
 
 def _not_readable(path: Path) -> str:
-    if path.exists():
-        return f"{path} is not a regular file (a pipe or a device)"
-    return f"{path} is a broken link" if path.is_symlink() else f"not found: {path}"
+    return not_a_regular_file(path) if path.exists() or path.is_symlink() else f"not found: {path}"
