@@ -17,9 +17,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tunelab.builder import run_training
 from tunelab.config import load_config
 from tunelab.recipes.distill import STUDENT_INIT, run_distill, side_by_side
-from tunelab.recipes.train import run_training
 from tunelab.rundir import prepare_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]

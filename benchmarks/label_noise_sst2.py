@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tunelab.builder.runtime import quiet_libraries
 from tunelab.config import validate
 from tunelab.data.audit import audit
 from tunelab.data.label_issues import text_features
 from tunelab.data.labels import LabelMap
 from tunelab.models import load_model
 from tunelab.models.loading import load_tokenizer
-from tunelab.recipes.runtime import quiet_libraries
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2" / "train.tsv"
 ROWS, FLIPPED, SEED = 10_000, 0.05, 0

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tunelab.builder import run_training
 from tunelab.config import load_config
 from tunelab.recipes.quantize import run_quantize
-from tunelab.recipes.train import run_training
 from tunelab.report.terminal import compression_table
 from tunelab.rundir import prepare_run_dir
 

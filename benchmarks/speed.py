@@ -404,8 +404,8 @@ def tunelab_config(scenario: str, paths: dict) -> dict:
 
 
 def run_tunelab(scenario: str, paths: dict) -> dict:
+    from tunelab.builder import run_training
     from tunelab.config import validate
-    from tunelab.recipes.train import run_training
 
     run_dir = Path(tempfile.mkdtemp(prefix="tunelab-")) / "run"
     run_dir.mkdir()
@@ -457,7 +457,7 @@ def run_imports() -> dict:
         from transformers import AutoTokenizer  # noqa: F401
 
     finished = time.time()  # before importing the clock the tunelab runs are timed by (it imports the config)
-    from tunelab.recipes.runtime import process_started_at
+    from tunelab.builder.runtime import process_started_at
 
     return {"startup_seconds": finished - process_started_at(), "rows": 0, "cached": True}
 
@@ -471,16 +471,16 @@ def run_paired(scenario: str, paths: dict) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
+    from tunelab.builder import prepare_run
+    from tunelab.builder.runtime import make_accelerator, quiet_libraries
     from tunelab.config import validate
     from tunelab.engine.callbacks import Callback, TrainState
     from tunelab.engine.data_loading import EpochShuffleSampler
     from tunelab.engine.lean import stepped_optimizer
     from tunelab.engine.loop import fit
     from tunelab.engine.schedules import build_scheduler
-    from tunelab.evaluate import classification_loss
     from tunelab.models.builtin import build_cached
-    from tunelab.recipes.runtime import make_accelerator, quiet_libraries
-    from tunelab.recipes.train import prepare_run
+
 
     like, steps = PAIRED[scenario]
     settings = tunelab_config(like, paths)
@@ -508,7 +508,7 @@ def run_paired(scenario: str, paths: dict) -> dict:
         clock, schedule = Clock(), build_scheduler(optimizer, config.schedule, 10**6)
         state = TrainState(total_steps=steps, steps_per_epoch=len(run.train_dl))
         fit(
-            model, run.optimizer, schedule, run.train_dl, classification_loss, dict, accelerator, config.train,
+            model, run.optimizer, schedule, run.train_dl, run.task.loss_function(), dict, accelerator, config.train,
             [run.strategy, clock], run.strategy.train_mode, run.sampler, state,
         )  # fmt: skip
         assert state.step == steps

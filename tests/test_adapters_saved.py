@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
+from tunelab.builder import run_training
 from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.io import folder_megabytes
 from tunelab.recipes.predict import run_prediction
-from tunelab.recipes.train import run_training
 from tunelab.rundir import MODEL, RESULTS, prepare_run_dir
 
 TEXTS = ["the movie was great", "an awful boring plot", "quite lovely acting", "sad and dull story"]

@@ -15,10 +15,10 @@ import sys
 
 import pytest
 
+from tunelab.builder import run_training
 from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.recipes.predict import run_prediction
-from tunelab.recipes.train import run_training
 from tunelab.rundir import MODEL, prepare_run_dir
 
 TEXTS = ["the movie was great", "an awful boring plot", "quite lovely acting", "sad and dull story really"]

@@ -160,7 +160,7 @@ def test_malformed_files_name_the_file_and_line(name, command, tiny_bert, write_
 
 
 def test_train_warns_about_leakage_and_imbalance_before_it_starts(planted, tiny_bert, tmp_path, capsys):
-    from tunelab.recipes.train import run_training
+    from tunelab.builder import run_training
     from tunelab.rundir import prepare_run_dir
 
     config = {
@@ -204,7 +204,7 @@ def test_audit_reports_the_domain_gap_to_a_reference_file(planted, tiny_bert, wr
 
 
 def test_preparation_cleans_every_split_and_records_what_it_removed(tiny_bert, tmp_path):
-    from tunelab.recipes.train import run_training
+    from tunelab.builder import run_training
     from tunelab.rundir import prepare_run_dir
 
     rows = ["Good   movie,pos", "good movie,pos", ",neg", "Awful\u00a0plot,neg", "fine,pos", "dull,neg"] * 2
@@ -236,9 +236,10 @@ def test_preparation_cleans_every_split_and_records_what_it_removed(tiny_bert, t
 def test_balanced_class_weights_make_a_rare_class_count_more(planted, tiny_bert, tmp_path):
     import torch
 
-    from tunelab.evaluate import balanced_weights, classification_loss
-    from tunelab.recipes.train import run_training
+    from tunelab.builder import run_training
+    from tunelab.evaluate import balanced_weights
     from tunelab.rundir import prepare_run_dir
+    from tunelab.tasks import get_task
 
     weights = balanced_weights([0] * 20 + [1] * 5, 2)
     torch.testing.assert_close(weights, torch.tensor([25 / 40, 25 / 10]))
@@ -248,8 +249,9 @@ def test_balanced_class_weights_make_a_rare_class_count_more(planted, tiny_bert,
             return torch.tensor([[2.0, 0.0]]).repeat(len(x), 1)
 
     batch = {"x": torch.zeros(2), "labels": torch.tensor([0, 1])}
-    plain = classification_loss(Fixed(), batch)
-    weighted = classification_loss(Fixed(), batch, weights)
+    task = get_task("text-classification")
+    plain = task.loss_function()(Fixed(), batch)
+    weighted = task.loss_function(weights)(Fixed(), batch)
     assert weighted > plain  # the misclassified rare row now weighs four times the common one
 
     config = {

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tunelab.builder import run_training
 from tunelab.cli import main
 from tunelab.config import AugmentConfig, validate
 from tunelab.data import prepare_data, read_data
@@ -21,7 +22,6 @@ from tunelab.data.images import SimpleImageTransform, load_images
 from tunelab.data.labels import LabelMap
 from tunelab.errors import UserError
 from tunelab.models import load_model
-from tunelab.recipes.train import run_training
 from tunelab.rundir import CHECKPOINTS, MODEL, RESULTS, prepare_run_dir
 
 SIZE = 16  # images are written at the model's input size, so the transform's resize changes nothing

@@ -10,7 +10,7 @@ import pytest
 from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.errors import UserError
-from tunelab.rates import STRATEGY_FACTOR
+from tunelab.rates import rate_factor
 from tunelab.recipes.compare import parse_strategies, strategy_config
 
 
@@ -50,7 +50,7 @@ def test_compare_runs_each_strategy_and_reports_a_failure_in_its_row(text_config
 def test_each_strategy_gets_its_own_rate_and_options(text_config):
     config = validate(text_config | {"compare": {"lr": {"bitfit": 0.5}, "options": {"lora": {"lora": {"r": 3}}}}})
     given = text_config["optim"]["lr"]
-    assert strategy_config(config, "lora").optim.lr == pytest.approx(given * STRATEGY_FACTOR["lora"])
+    assert strategy_config(config, "lora").optim.lr == pytest.approx(given * rate_factor("lora"))
     assert strategy_config(config, "lora").strategy.lora.r == 3
     assert strategy_config(config, "bitfit").optim.lr == 0.5
     assert strategy_config(config, "partial").strategy.train_last_n_blocks == 2  # partial needs a rule; a default
@@ -59,9 +59,7 @@ def test_each_strategy_gets_its_own_rate_and_options(text_config):
     unset = validate(text_config | {"optim": {}})
     for name in ("full", "lora", "ia3"):
         run = strategy_config(unset, name)
-        assert run.optim.lr is None and run.learning_rate() == pytest.approx(
-            unset.learning_rate() * STRATEGY_FACTOR[name]
-        )
+        assert run.optim.lr is None and run.learning_rate() == pytest.approx(unset.learning_rate() * rate_factor(name))
 
 
 def test_bad_strategy_lists_are_one_line(text_config):

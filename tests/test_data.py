@@ -18,11 +18,11 @@ from transformers import AutoConfig, AutoTokenizer
 from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.data import read_data
-from tunelab.data.collate import make_collate
 from tunelab.data.labels import LabelMap
 from tunelab.data.readers import table_split
 from tunelab.data.text import tokenize
 from tunelab.models import load_saved_model
+from tunelab.tasks import get_task
 
 # Every word is one word piece in the MiniLM vocabulary, so a text of n words is n + 2 tokens.
 WORDS = {
@@ -267,7 +267,7 @@ def test_batches_are_padded_to_their_longest_example_not_max_length(tiny_bert):
     lengths = [len(dataset[i]["input_ids"]) for i in range(3)]
     assert lengths == [3, 6, 4]  # stored unpadded
 
-    collate = make_collate(SimpleNamespace(tokenizer=tokenizer), "text-classification")
+    collate = get_task("text-classification").collate(SimpleNamespace(tokenizer=tokenizer), None)
     batch = collate([dataset[0], dataset[2]])
     assert batch["input_ids"].shape == (2, 4)
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from tunelab.builder import run_training
 from tunelab.config import OptimConfig, ScheduleConfig, validate
 from tunelab.engine.optim import build_optimizer, decay_groups
 from tunelab.engine.schedules import build_scheduler, lr_multiplier
 from tunelab.io import read_jsonl
-from tunelab.recipes.train import run_training
 from tunelab.rundir import METRICS, MODEL, prepare_run_dir
 
 

@@ -332,7 +332,7 @@ def test_a_full_disk_while_saving_the_final_model_is_one_line_and_the_run_resume
 def test_ctrl_c_on_an_overwrite_run_puts_the_earlier_run_back_and_says_so(tmp_path, capsys, monkeypatch):
     import signal
 
-    import tunelab.recipes.train as train_recipe
+    import tunelab.builder.training as train_recipe
     from tunelab.engine.callbacks import Callback
 
     config = write(tmp_path, DIGITS | {"train": DIGITS["train"] | {"epochs": 3, "batch_size": 4}})

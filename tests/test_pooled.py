@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunelab.builder import run_training
 from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.data.labels import LabelMap
 from tunelab.models import load_model
 from tunelab.models.pooled import PooledClassifier
-from tunelab.recipes.train import run_training
 from tunelab.rundir import MODEL, RESULTS, prepare_run_dir
 
 LABELS = LabelMap(("neg", "pos"))

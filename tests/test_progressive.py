@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tunelab.builder import run_training
 from tunelab.cli import main
 from tunelab.config import validate
-from tunelab.recipes.train import run_training
 from tunelab.rundir import CHECKPOINTS, MODEL, RESULTS, prepare_run_dir
 
 

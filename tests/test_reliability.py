@@ -26,7 +26,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import tunelab.engine.checkpoint as checkpoint_module
-import tunelab.recipes.train as train_recipe
+import tunelab.tasks.base as task_base
 from tunelab.cli import main
 from tunelab.engine.callbacks import TrainState
 from tunelab.engine.checkpoint import CorruptCheckpoint, complete_checkpoints, verify
@@ -430,31 +430,31 @@ def poison(monkeypatch, how) -> None:
     "input" puts an inf pixel in the batch, so the forward pass itself overflows (BatchNorm
     statistics included); "loss" multiplies a finite loss by inf."""
     calls = []
-    original = train_recipe.classification_loss
+    original = task_base.BatchLoss.__call__
 
-    def loss(model, batch):
+    def loss(self, model, batch):
         calls.append(len(calls) + 1)
         way = how(calls[-1])
         if way == "input":
             batch = batch | {"pixel_values": batch["pixel_values"].clone()}
             batch["pixel_values"][0, 0, 0, 0] = math.inf
-        value = original(model, batch)
+        value = original(self, model, batch)
         return value * math.inf if way == "loss" else value
 
-    monkeypatch.setattr(train_recipe, "classification_loss", loss)
+    monkeypatch.setattr(task_base.BatchLoss, "__call__", loss)
 
 
 def poison_and_record(monkeypatch, how) -> list[float]:
     """``poison``, and the loss of every call (1-based, as ``how`` counts them) in the list returned."""
     poison(monkeypatch, how)
-    poisoned, losses = train_recipe.classification_loss, []
+    poisoned, losses = task_base.BatchLoss.__call__, []
 
-    def recorded(model, batch):
-        loss = poisoned(model, batch)
+    def recorded(self, model, batch):
+        loss = poisoned(self, model, batch)
         losses.append(float(loss.detach()))
         return loss
 
-    monkeypatch.setattr(train_recipe, "classification_loss", recorded)
+    monkeypatch.setattr(task_base.BatchLoss, "__call__", recorded)
     return losses
 
 

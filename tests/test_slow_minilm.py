@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from tunelab.builder import run_training
 from tunelab.config import load_config
-from tunelab.recipes.train import run_training
 from tunelab.rundir import prepare_run_dir
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, DataCollatorWithPadding
 
+from tunelab.builder.runtime import DEFAULT_THREADS, cpu_threads
 from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.data.text import TokenizedDataset
@@ -18,7 +19,6 @@ from tunelab.engine.data_loading import EpochShuffleSampler, eval_loader, megaba
 from tunelab.engine.optim import build_optimizer
 from tunelab.evaluate import collect_logits
 from tunelab.evaluate.remembered import Remembered
-from tunelab.recipes.runtime import DEFAULT_THREADS, cpu_threads
 
 
 def ragged(count: int, seed: int = 0) -> TokenizedDataset:
@@ -137,7 +137,8 @@ def test_set_up_runs_without_the_collector_and_training_with_it_and_nothing_stay
 ):
     import gc
 
-    import tunelab.recipes.train as train_recipe
+    import tunelab.builder.prepare
+    import tunelab.builder.training
 
     seen = {}
 
@@ -148,8 +149,8 @@ def test_set_up_runs_without_the_collector_and_training_with_it_and_nothing_stay
 
         return watched
 
-    for name in ("read_data", "fit"):
-        monkeypatch.setattr(train_recipe, name, watching(name, getattr(train_recipe, name)))
+    for module, name in ((tunelab.builder.prepare, "read_data"), (tunelab.builder.training, "fit")):
+        monkeypatch.setattr(module, name, watching(name, getattr(module, name)))
     assert gc.isenabled()
     assert main(["train", str(write_config(text_config)), "--output", str(tmp_path / "run"), "--quiet"]) == 0
     # Paused while reading the data; collecting again, the set-up frozen out of its way, in training.
@@ -402,8 +403,8 @@ def test_the_direct_step_calls_do_what_accelerates_do():
 
     from accelerate.utils import DistributedType
 
+    from tunelab.builder.runtime import make_accelerator
     from tunelab.engine.lean import backward_pass, gradient_clipper, stepped_optimizer
-    from tunelab.recipes.runtime import make_accelerator
 
     train = validate({"data": {"train": "x.csv"}, "train": {"grad_accum_steps": 2}}).train
     accelerator = make_accelerator(train)
@@ -443,7 +444,7 @@ def test_start_up_time_counts_from_the_process_start_not_from_importing_tunelab(
 
     program = (
         "import time; time.sleep(0.6)\n"
-        "from tunelab.recipes.runtime import process_started_at\n"
+        "from tunelab.builder.runtime import process_started_at\n"
         "print(process_started_at())\n"
     )
     before = time.time()

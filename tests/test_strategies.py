@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tunelab.builder import run_training
 from tunelab.config import validate
 from tunelab.data.labels import LabelMap
 from tunelab.models.cnn import DemoCNN
-from tunelab.recipes.train import run_training
 from tunelab.rundir import MODEL, RESULTS, prepare_run_dir
 from tunelab.strategies.anatomy import anatomy
 

@@ -17,12 +17,11 @@ from torch.utils.data import DataLoader
 
 from tunelab.config import validate
 from tunelab.data import prepare_data, read_data
-from tunelab.data.collate import make_collate
 from tunelab.engine.optim import build_optimizer
 from tunelab.errors import UserError
-from tunelab.evaluate import classification_loss
 from tunelab.models import load_model
 from tunelab.strategies import build_strategy
+from tunelab.tasks import get_task
 
 # Attention key biases get an exactly-zero gradient (softmax ignores a shift shared by every key).
 ZERO_GRADIENT = ("attention.self.key.bias",)
@@ -37,7 +36,7 @@ def setup(config: dict, strategy: dict):
     built = build_strategy(config.strategy, loaded.fresh_head)
     model = built.apply(loaded.model)
     optimizer = build_optimizer(built.parameter_groups(model, config.optim), config.optim)
-    loader = DataLoader(data.datasets["train"], batch_size=8, collate_fn=make_collate(loaded, config.task))
+    loader = DataLoader(data.datasets["train"], batch_size=8, collate_fn=get_task(config).collate(loaded, config))
     return model, built, optimizer, loader
 
 
@@ -48,7 +47,7 @@ def claimed_and_changed(config: dict, strategy: dict, steps: int = 3) -> tuple[s
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     built.train_mode(model)
     for batch in itertools.islice(itertools.cycle(loader), steps):
-        classification_loss(model, batch).backward()
+        get_task(config.get("task", "text-classification")).loss_function()(model, batch).backward()
         optimizer.step()
         optimizer.zero_grad()
     changed = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
@@ -208,7 +207,7 @@ def test_an_unknown_strategy_lists_the_known_ones(text_config):
 
 def test_the_base_model_is_scored_without_the_adapter_whatever_the_strategy(text_config, tmp_path):
     """Virtual tokens start random: scoring the "base" through them would not score the base model."""
-    from tunelab.recipes.train import run_training
+    from tunelab.builder import run_training
     from tunelab.rundir import prepare_run_dir
 
     config = text_config | {"train": text_config["train"] | {"max_steps": 1}}

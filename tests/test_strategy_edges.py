@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 
+from tunelab.builder import run_training
 from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.errors import UserError
 from tunelab.recipes.compare import strategy_config
-from tunelab.recipes.train import run_training
 from tunelab.rundir import MODEL, prepare_run_dir
 
 

@@ -189,9 +189,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> dict:
+    from tunelab.builder import run_training
     from tunelab.config import load_config
     from tunelab.engine.interrupt import Interrupted
-    from tunelab.recipes.train import run_training
     from tunelab.rundir import finish_run_dir, prepare_run_dir, replaces_a_run
 
     if args.resume:
@@ -224,8 +224,8 @@ def cmd_train(args) -> dict:
 
 
 def _resume(args) -> dict:
+    from tunelab.builder import run_training
     from tunelab.config import load_config
-    from tunelab.recipes.train import run_training
     from tunelab.resume import check_config_unchanged, forget_progress
     from tunelab.rundir import CONFIG, RESULTS
 
@@ -493,9 +493,9 @@ def cmd_eval(args) -> dict:
     from tunelab.recipes.evaluate import run_evaluation
     from tunelab.report.terminal import groups_table, metrics_only_table
 
-    metrics = run_evaluation(Path(args.run_dir), args.data, progress=not (args.quiet or args.json))
+    metrics, task = run_evaluation(Path(args.run_dir), args.data, progress=not (args.quiet or args.json))
     if not args.json:
-        stdout.print(metrics_only_table(metrics, f"evaluation of {args.run_dir}"))
+        stdout.print(metrics_only_table(metrics, f"evaluation of {args.run_dir}", task.table_metrics))
         for split in metrics:
             table = groups_table({"final": metrics}, split)
             if table is not None:
@@ -542,7 +542,7 @@ COMMANDS = {
 
 
 def _is_main_process() -> bool:
-    from tunelab.recipes.runtime import process_state
+    from tunelab.builder.runtime import process_state
 
     return process_state().is_main_process
 

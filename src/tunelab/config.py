@@ -14,12 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tunelab.errors import UserError
-from tunelab.rates import HIGHEST_RATE, STRATEGY_FACTOR, default_rate
+from tunelab.rates import HIGHEST_RATE, default_rate, rate_factor
 
 log = logging.getLogger(__name__)
-
-SUPPORTED_TASKS = ("text-classification", "image-classification")
-PLANNED_TASKS = ("token-classification", "causal-lm", "seq2seq", "image-text")
 
 
 class Section(BaseModel):
@@ -95,6 +92,9 @@ class DataConfig(Section):
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    image_column: str | None = Field(
+        None, description="a table column of image paths (relative to the table's folder), for regression on images"
+    )
     group_column: str | None = Field(
         None, description="a column naming each row's group (e.g. dialect, region): per-group metrics and the gap"
     )
@@ -134,18 +134,11 @@ class DataConfig(Section):
         return self
 
 
-STRATEGY_NAMES = (
-    "full",
-    "partial",
-    "progressive",
-    "discriminative",
-    "bitfit",
-    "lora",
-    "adapter",
-    "prefix",
-    "prompt",
-    "ia3",
-)
+def strategies() -> dict:
+    """The registered strategies by name (imported here, once the schema is defined: they use it)."""
+    from tunelab.strategies import STRATEGIES
+
+    return STRATEGIES
 
 
 FORGETTING_METHODS = ("ewc", "l2sp", "lwf", "replay")
@@ -154,8 +147,8 @@ FORGETTING_METHODS = ("ewc", "l2sp", "lwf", "replay")
 def run_parts(name: str) -> tuple[str, list[str]]:
     """``full+ewc+replay`` -> ("full", ["ewc", "replay"]); ValueError naming what is unknown."""
     strategy, *methods = [part.strip() for part in name.split("+")]
-    if strategy not in STRATEGY_NAMES:
-        raise ValueError(f"'{strategy}' is not a strategy; choose from {', '.join(STRATEGY_NAMES)}")
+    if strategy not in strategies():
+        raise ValueError(f"'{strategy}' is not a strategy; choose from {', '.join(strategies())}")
     unknown = [method for method in methods if method not in FORGETTING_METHODS]
     if unknown:
         raise ValueError(
@@ -164,7 +157,10 @@ def run_parts(name: str) -> tuple[str, list[str]]:
     return strategy, methods
 
 
-PEFT_METHODS = ("lora", "prefix", "prompt", "ia3")
+def wraps_with_peft(strategy: str) -> bool:
+    return strategy in strategies() and strategies()[strategy].peft
+
+
 # Per-layer learning rates need the model's own layout, which PEFT wraps: unset for PEFT methods.
 PER_LAYER_RATES_UNSET = {"layer_lr_decay": None, "head_lr": None, "lr_groups": {}}
 
@@ -207,7 +203,9 @@ class Ia3Section(Section):
 
 
 class StrategyConfig(Section):
-    name: Literal[STRATEGY_NAMES] = "full"  # type: ignore[valid-type]
+    # Sections of plugin strategies (``strategy.<name>:``) are extra keys, checked by their strategy.
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
+    name: str = Field("full", description="a registered strategy: full, partial, progressive, ..., or a plugin's")
     freeze: list[str] = Field(default_factory=list, description="module-name glob patterns")
     train_last_n_blocks: int | None = Field(None, ge=0)
     freeze_norm_stats: bool = False
@@ -228,6 +226,29 @@ class StrategyConfig(Section):
     prompt: VirtualTokensSection = Field(default_factory=VirtualTokensSection)
     ia3: Ia3Section = Field(default_factory=Ia3Section)
 
+    @field_validator("name")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in strategies():
+            raise ValueError(f"'{value}' is not a strategy; choose from {', '.join(strategies())}")
+        return value
+
+    @model_validator(mode="after")
+    def _plugin_sections(self) -> StrategyConfig:
+        for key, value in list((self.__pydantic_extra__ or {}).items()):
+            section = getattr(strategies().get(key), "section", None)
+            if section is None:
+                allowed = ", ".join([*type(self).model_fields, *(n for n, s in strategies().items() if s.section)])
+                raise ValueError(f"unknown key 'strategy.{key}'; allowed here: {allowed}")
+            if not isinstance(value, section):
+                self.__pydantic_extra__[key] = section.model_validate(value or {})
+        return self
+
+    def section(self, name: str):
+        """A plugin strategy's own settings (its ``section``'s defaults when the config gives none)."""
+        extra = self.__pydantic_extra__ or {}
+        return extra[name] if name in extra else strategies()[name].section()
+
     @model_validator(mode="after")
     def _partial_needs_a_rule(self) -> StrategyConfig:
         if self.name == "partial" and not self.freeze and self.train_last_n_blocks is None:
@@ -236,7 +257,7 @@ class StrategyConfig(Section):
 
     @model_validator(mode="after")
     def _rates_need_the_model_layout(self) -> StrategyConfig:
-        if self.name in PEFT_METHODS:
+        if wraps_with_peft(self.name):
             given = [key for key, unset in PER_LAYER_RATES_UNSET.items() if getattr(self, key) != unset]
             if given:
                 raise ValueError(
@@ -310,7 +331,9 @@ class TrainConfig(Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     eval_every: Literal["epoch"] | int = "epoch"
     log_every: int = Field(10, ge=1)
-    metric: Literal["accuracy", "f1", "precision", "recall", "auc", "loss"] = "accuracy"
+    metric: str | None = Field(
+        None, description="validation metric for the best model and early stopping (default: the task's own)"
+    )
     early_stopping: EarlyStoppingConfig | None = None
     load_best_at_end: bool = True
     checkpoint_every: Literal["epoch"] | int | None = Field(
@@ -505,9 +528,7 @@ class TuneConfig(Section):
         default_factory=dict,
         description="dotted config key -> range or choices; empty: learning rate, weight decay, warmup, epochs",
     )
-    metric: Literal["accuracy", "f1", "precision", "recall", "auc", "loss"] | None = Field(
-        None, description="the validation metric to optimise (default: train.metric)"
-    )
+    metric: str | None = Field(None, description="the validation metric to optimise (default: train.metric)")
     second_objective: Literal["trainable_parameters", "train_seconds"] | None = Field(
         None, description="also minimise this: a Pareto front instead of one best trial (no pruning)"
     )
@@ -566,8 +587,14 @@ class CompareConfig(Section):
         return value
 
 
+class RegressionConfig(Section):
+    loss: Literal["mse", "huber"] = Field("mse", description="huber: squared near zero, linear beyond huber_delta")
+    huber_delta: float = Field(1.0, gt=0.0, description="in normalised units when normalize is on")
+    normalize: bool = Field(True, description="train on targets scaled to mean 0, sd 1 (saved with the model)")
+
+
 class RunConfig(Section):
-    task: Literal[SUPPORTED_TASKS + PLANNED_TASKS] = "text-classification"  # type: ignore[valid-type]
+    task: str = Field("text-classification", description="text-classification, image-classification, regression")
     seed: int = Field(42, ge=0, lt=2**32, description="numpy accepts no other seeds")
     output_dir: str | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -585,6 +612,12 @@ class RunConfig(Section):
     continual: ContinualConfig | None = None
     tune: TuneConfig = Field(default_factory=TuneConfig)
     distill: DistillConfig | None = None
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="modules imported before the config is checked: they register tasks and strategies "
+        "(tunelab.tasks.register_task, tunelab.strategies.register_strategy); every process of a run imports them",
+    )
+    regression: RegressionConfig = Field(default_factory=RegressionConfig)
 
     def learning_rate(self) -> float | Literal["auto"]:
         """``optim.lr``, or when unset the default for this strategy, optimizer and effective batch."""
@@ -648,7 +681,7 @@ class RunConfig(Section):
     def _forgetting_fits(self) -> RunConfig:
         methods = self.forgetting.methods
         weights = [name for name in ("ewc", "l2sp") if name in methods]
-        if weights and self.strategy.name in PEFT_METHODS:
+        if weights and wraps_with_peft(self.strategy.name):
             raise ValueError(
                 f"forgetting.{weights[0]} pulls the model's own weights back, which {self.strategy.name} "
                 "leaves frozen; use lwf or replay, or a strategy that trains them"
@@ -661,20 +694,54 @@ class RunConfig(Section):
             raise ValueError("retain: each set needs its own name")
         return self
 
+    @field_validator("task")
+    @classmethod
+    def _task_known(cls, value: str) -> str:
+        from tunelab.tasks import PLANNED_TASKS, TASKS
+
+        if value in PLANNED_TASKS and value not in TASKS:
+            raise ValueError(f"task '{value}' is planned but not available yet; use one of: {', '.join(TASKS)}")
+        if value not in TASKS:
+            raise ValueError(f"'{value}' is not a task; choose from {', '.join(TASKS)}")
+        return value
+
     @model_validator(mode="after")
-    def _task_supported(self) -> RunConfig:
-        if self.task in PLANNED_TASKS:
-            raise ValueError(
-                f"task '{self.task}' is planned but not available yet; use one of: {', '.join(SUPPORTED_TASKS)}"
-            )
+    def _metrics_of_the_task(self) -> RunConfig:
+        from tunelab.tasks import get_task
+
+        task = get_task(self.task)
+        if self.train.metric is None:
+            self.train.metric = task.default_metric
+        for key, metric in (("train.metric", self.train.metric), ("tune.metric", self.tune.metric)):
+            if metric is not None and metric not in task.metrics:
+                choices = ", ".join(task.metrics)
+                raise ValueError(f"{key}: '{metric}' is not a {task.name} metric; choose from {choices}")
+        return self
+
+    @model_validator(mode="after")
+    def _classes_needed(self) -> RunConfig:
+        from tunelab.tasks import get_task
+
+        if get_task(self.task).has_classes:
+            return self
+        needs = {
+            "train.class_weights": self.train.class_weights, "train.resample": self.train.resample,
+            "data.group_column": self.data.group_column, "retain": self.retain, "forgetting": self.forgetting.methods,
+            "continual": self.continual, "distill": self.distill,
+        }  # fmt: skip
+        given = next((key for key, value in needs.items() if value), None)
+        if given is not None:
+            raise ValueError(f"{given}: works on classes, and task {self.task} has none")
         return self
 
     @model_validator(mode="after")
     def _augment_needs_image_files(self) -> RunConfig:
         if not self.data.augment.enabled:
             return self
-        if self.task != "image-classification":
-            raise ValueError(f"data.augment: augmentation applies to image folders, not to task {self.task}")
+        from tunelab.tasks import get_task
+
+        if get_task(self.task).reads(self) != "image":
+            raise ValueError(f"data.augment: augmentation applies to images, not to task {self.task}'s text")
         if self.data.train == "digits":
             raise ValueError("data.augment: augmentation applies to image folders, not to the built-in digits")
         return self
@@ -703,14 +770,15 @@ def _rescale_rate_for_new_strategy(raw: dict[str, Any], written_name: Any, writt
     """A rate written in the file was chosen for the file's strategy: ``--set strategy.name=lora``
     alone moves it by the strategies' factors (tunelab.rates), as ``compare`` does, and says so."""
     name, rate = _strategy_and_rate(raw)
-    known = STRATEGY_FACTOR.keys()
+    known = strategies()
     if not isinstance(name, str) or not isinstance(written_name, str) or name == written_name:
         return
     if written_name not in known or name not in known:
         return
     if isinstance(rate, bool) or not isinstance(rate, int | float) or rate != written_rate:
         return
-    moved = min(HIGHEST_RATE, rate * STRATEGY_FACTOR[name] / STRATEGY_FACTOR[written_name])
+    factor = rate_factor(name) / rate_factor(written_name)
+    moved = min(HIGHEST_RATE, rate * factor)
     raw["optim"]["lr"] = moved
     log.warning(
         "optim.lr: the file's %g was set for %s; %s trains at %.3g (x%g, the strategies' usual ratio); "
@@ -719,7 +787,7 @@ def _rescale_rate_for_new_strategy(raw: dict[str, Any], written_name: Any, writt
         written_name,
         name,
         moved,
-        STRATEGY_FACTOR[name] / STRATEGY_FACTOR[written_name],
+        factor,
     )
 
 
@@ -808,10 +876,28 @@ def set_key(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    import_plugins(raw.get("plugins") if isinstance(raw, dict) else None, source)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as error:
         raise UserError(f"{source}: {describe_error(error)}") from None
+
+
+def import_plugins(modules: Any, source: str = "config") -> None:
+    """Import the modules ``plugins:`` names, so the tasks and strategies they register exist
+    before the config naming them is checked. They are the user's own code, as ``model.source:
+    package.module:function`` is."""
+    import importlib
+
+    if not modules:
+        return
+    if not isinstance(modules, list) or not all(isinstance(name, str) and name for name in modules):
+        raise UserError(f"{source}: plugins: a list of module names (plugins: [my_package.tunelab_parts])")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise UserError(f"{source}: plugins: cannot import '{name}': {error}") from None
 
 
 def describe_error(error: ValidationError) -> str:

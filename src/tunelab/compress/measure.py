@@ -10,21 +10,20 @@ import time
 import torch
 
 from tunelab.evaluate import model_inputs, output_logits
-from tunelab.evaluate.metrics import classification_metrics
 
 REPEATS = {1: 30, 32: 10}
 WARMUP = 3
 
 
 @torch.inference_mode()
-def scores(model, loader, num_labels: int) -> dict:
+def scores(model, loader, score) -> dict:
     """Metrics of one split on the CPU (quantized kernels run there)."""
     logits, labels = [], []
     for batch in loader:
         inputs = model_inputs(batch)
         logits.append(output_logits(model(**inputs)).float())
         labels.append(batch["labels"])
-    return classification_metrics(torch.cat(logits), torch.cat(labels), num_labels)
+    return score(torch.cat(logits), torch.cat(labels))
 
 
 @torch.inference_mode()
@@ -63,7 +62,7 @@ LATENCY_SIZES = (1, 32)
 SCORED = ("validation", "test")
 
 
-def measured(model, datasets: dict, collate, num_labels: int, batch_size: int) -> dict:
+def measured(model, datasets: dict, collate, score, batch_size: int) -> dict:
     """Accuracy on validation and test (in ``batch_size`` batches, as `tunelab eval` scores),
     latency at batch 1 and 32 on validation rows, and the parameter count."""
     from tunelab.engine.data_loading import eval_loader
@@ -71,7 +70,7 @@ def measured(model, datasets: dict, collate, num_labels: int, batch_size: int) -
     rows = datasets["validation"]
     timing = {size: collate([rows[i % len(rows)] for i in range(size)]) for size in LATENCY_SIZES}
     found = {
-        split: scores(model, eval_loader(datasets[split], batch_size, collate), num_labels)
+        split: scores(model, eval_loader(datasets[split], batch_size, collate), score)
         for split in SCORED
         if split in datasets
     }

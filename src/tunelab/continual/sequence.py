@@ -23,7 +23,6 @@ from safetensors.torch import load_file, save_file
 from tunelab.continual.heads import HeadSwitch, install
 from tunelab.continual.metrics import summarise
 from tunelab.continual.tasks import Task
-from tunelab.data.collate import make_collate
 from tunelab.engine.callbacks import ProgressBar
 from tunelab.engine.data_loading import OnDevice, eval_loader, to_device, train_loader
 from tunelab.engine.lean import stepped_optimizer
@@ -37,6 +36,7 @@ from tunelab.io import give_usual_permissions, write_json
 from tunelab.models import load_model
 from tunelab.strategies import build_strategy
 from tunelab.strategies.anatomy import anatomy
+from tunelab.tasks import get_task
 
 STATE = "state.json"
 EWC_DEFAULT_STRENGTH = 1000.0
@@ -61,7 +61,7 @@ class Sequence:
                 heads[self.key(index)] = fresh.get_submodule(head[0])
         self.switch: HeadSwitch = install(self.loaded.model, head[0], heads)
         self.model = accelerator.prepare(self.loaded.model)
-        self.collate = make_collate(self.loaded, config.task)
+        self.collate = get_task(config).collate(self.loaded, config)
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
         self.memory: dict[int, list[int]] = {}
@@ -120,7 +120,8 @@ class Sequence:
         row = []
         for index, (task, loader) in enumerate(zip(self.tasks, self.scored_loaders, strict=True)):
             self.switch.active = self.key(index)
-            row.append(evaluate_split(self.model, loader, self.accelerator, len(task.labels))["accuracy"])
+            score = get_task(self.config).scorer(task.labels)
+            row.append(evaluate_split(self.model, loader, self.accelerator, score)["accuracy"])
         return row
 
     def carry(self, index: int) -> None:

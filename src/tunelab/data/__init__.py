@@ -22,6 +22,7 @@ from tunelab.data.readers import RawSplit, image_folder_split, table_split
 from tunelab.data.text import tokenize
 from tunelab.data.token_cache import cached_tokenize, tokenizer_fingerprint
 from tunelab.errors import UserError
+from tunelab.tasks import get_task
 
 BUILTIN_DIGITS = "digits"
 
@@ -50,6 +51,7 @@ def read_data(config: RunConfig) -> RawData:
     data = config.data
     if data.train == BUILTIN_DIGITS:
         return _read_digits(config)
+    task = get_task(config)
     reader = _reader_for(config)
     splits = {"train": reader(data.train, "train")}
     for role in ("validation", "test"):
@@ -58,32 +60,32 @@ def read_data(config: RunConfig) -> RawData:
             splits[role] = reader(path, role)
     preparation = {}
     for role, split in splits.items():
-        if split.inputs and not isinstance(split.inputs[0], str | tuple):
+        if task.reads(config) == "image" or not split.inputs:
             continue  # images: prepared by their transform
-        if not split.inputs:
-            continue
         splits[role], preparation[role] = prepare_split(split, data.prepare)
         if not splits[role].inputs:
             raise UserError(f"data.{role}: no rows left after data.prepare (every row was empty or a duplicate)")
     notes = []
     if "validation" not in splits:
-        splits["train"], splits["validation"] = _hold_out(splits["train"], data.validation_fraction, config.seed)
-        notes.append(f"validation: {data.validation_fraction:.0%} of train held out (stratified)")
+        stratified = task.has_classes
+        held = _hold_out(splits["train"], data.validation_fraction, config.seed, stratified)
+        splits["train"], splits["validation"] = held
+        notes.append(f"validation: {data.validation_fraction:.0%} of train held out{' (stratified)' * stratified}")
     if data.max_train_examples and len(splits["train"].labels) > data.max_train_examples:
-        splits["train"] = _subsample(splits["train"], data.max_train_examples, config.seed)
+        splits["train"] = _subsample(splits["train"], data.max_train_examples, config.seed, task.has_classes)
         notes.append(f"train: limited to {data.max_train_examples} examples")
     if data.max_eval_examples:
         for role in ("validation", "test"):
             if role in splits and len(splits[role].labels) > data.max_eval_examples:
-                splits[role] = _subsample(splits[role], data.max_eval_examples, config.seed)
+                splits[role] = _subsample(splits[role], data.max_eval_examples, config.seed, task.has_classes)
     if config.train.resample:
         splits["train"], preparation.setdefault("train", {})["resample"] = _resample(
             splits["train"], config.train.resample, config.seed
         )
     splits = {name: splits[name] for name in ("train", "validation", "test") if name in splits}
-    labels = LabelMap.from_labels(splits["train"].labels)
+    labels = task.targets(splits["train"].labels, config)
     for name, split in splits.items():
-        labels.encode(split.labels, f"data.{name}")  # fail early on a class train never saw
+        labels.encode(split.labels, f"data.{name}")  # fail early on a class train never saw, or a bad number
     if data.augment.enabled:  # applied as train is prepared, drawn afresh each epoch
         preparation.setdefault("train", {})["augment"] = data.augment.model_dump()
     return RawData(splits, labels, notes=notes, preparation=preparation)
@@ -92,13 +94,14 @@ def read_data(config: RunConfig) -> RawData:
 def prepare_data(raw: RawData, loaded, config: RunConfig) -> PreparedData:
     """Turn raw splits into datasets with the model's tokenizer or image transform."""
     datasets, truncated, cached = {}, {}, {}
-    text = config.task == "text-classification" and config.data.cache
+    reads = get_task(config).reads(config)
+    text = reads == "text" and config.data.cache
     fingerprint = tokenizer_fingerprint(loaded.tokenizer) if text else None  # once, for every split
     for name, split in raw.splits.items():
         ids = raw.labels.encode(split.labels, f"data.{name}")
         if config.data.train == BUILTIN_DIGITS:
             datasets[name] = digits.as_dataset(split.inputs, ids)
-        elif config.task == "text-classification":
+        elif reads == "text":
             tokenized = _tokenized(loaded.tokenizer, split.inputs, ids, config.data, fingerprint)
             datasets[name], truncated[name], cached[name] = tokenized
         elif name == "train" and config.data.augment.enabled:
@@ -117,8 +120,8 @@ def _tokenized(tokenizer, inputs: list, ids: list[int], data, fingerprint: str |
 
 
 def _reader_for(config: RunConfig):
-    data = config.data
-    if config.task == "image-classification":
+    data, task = config.data, get_task(config)
+    if task.reads(config) == "image" and not data.image_column:
         if data.group_column:
             raise UserError("data.group_column: image folders have no columns; groups apply to table data")
         return image_folder_split
@@ -130,12 +133,14 @@ def _reader_for(config: RunConfig):
         data.text_pair_column,
         allow_blank=data.prepare.drop_empty,
         group_column=data.group_column,
+        classes=task.has_classes,
+        image_column=data.image_column,
     )
 
 
 def _read_digits(config: RunConfig) -> RawData:
     data = config.data
-    if config.task != "image-classification":
+    if config.task != "image-classification":  # the data names its task, not the other way round
         raise UserError("data.train: the built-in 'digits' needs task: image-classification")
     for role in ("validation", "test"):
         if getattr(data, role):
@@ -152,7 +157,9 @@ def _read_digits(config: RunConfig) -> RawData:
     return RawData(splits, labels, channels=1)
 
 
-def _hold_out(split: RawSplit, fraction: float, seed: int) -> tuple[RawSplit, RawSplit]:
+def _hold_out(split: RawSplit, fraction: float, seed: int, stratified: bool = True) -> tuple[RawSplit, RawSplit]:
+    if not stratified:  # numbers, not classes: a plain seeded split
+        return _plain_split(split, fraction, seed)
     indices = np.arange(len(split.labels))
     counts = np.unique(split.labels, return_counts=True)[1]
     stratify = split.labels if counts.min() >= 2 else None
@@ -201,10 +208,21 @@ def _resample(split: RawSplit, method: str, seed: int) -> tuple[RawSplit, dict]:
     return split.subset(np.sort(chosen)), record
 
 
-def _subsample(split: RawSplit, size: int, seed: int) -> RawSplit:
+def _plain_split(split: RawSplit, fraction: float, seed: int) -> tuple[RawSplit, RawSplit]:
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(split.labels))
+    if len(indices) < 2:
+        raise UserError(f"data.train: too few rows to hold out a validation split ({len(indices)} rows)")
+    held = max(1, math.ceil(fraction * len(indices)))
+    train_idx, val_idx = train_test_split(indices, test_size=held, random_state=seed)
+    return split.subset(train_idx, "train"), split.subset(val_idx, "validation")
+
+
+def _subsample(split: RawSplit, size: int, seed: int, stratified: bool = True) -> RawSplit:
     indices = np.arange(len(split.labels))
     counts = np.unique(split.labels, return_counts=True)[1]
-    stratify = split.labels if counts.min() >= 2 and size >= len(counts) else None
+    stratify = split.labels if stratified and counts.min() >= 2 and size >= len(counts) else None
     from sklearn.model_selection import train_test_split
 
     chosen, _ = train_test_split(indices, train_size=size, random_state=seed, stratify=stratify)

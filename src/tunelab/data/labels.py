@@ -31,6 +31,10 @@ class LabelMap:
     def __len__(self) -> int:
         return len(self.names)
 
+    def to_meta(self) -> dict:
+        """What ``tunelab.json`` records beside the label names: nothing more for classes."""
+        return {}
+
     def encode(self, labels: list[str], where: str) -> list[int]:
         """Class ids; ``where`` names what the user gave (``data.test``, ``--data``)."""
         lookup = self.label2id

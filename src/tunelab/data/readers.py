@@ -179,19 +179,28 @@ def table_split(
     allow_blank: bool = False,
     group_column: str | None = None,
     groups_required: bool = True,
+    classes: bool = True,
+    image_column: str | None = None,
 ) -> RawSplit:
-    """One table as a split; a ``group_column`` the file lacks is an error unless not ``groups_required``."""
+    """One table as a split; a ``group_column`` the file lacks is an error unless not ``groups_required``.
+    ``classes``: the labels name classes (checked for one kind and one spelling); otherwise they are
+    numbers, which the task reads. ``image_column``: inputs are image files named relative to the table."""
     where = where or f"data.{role}"
     frame = read_table(path, where)
     if group_column and not groups_required and group_column not in frame.columns:
         group_column = None
     optional = [column for column in (pair_column, group_column) if column]
-    require_columns(frame, [text_column, label_column, *optional], where, path)
-    texts = _text_column(frame, text_column, where, path, allow_blank)
-    pairs = _text_column(frame, pair_column, where, path, allow_blank) if pair_column else None
-    inputs = list(zip(texts, pairs, strict=True)) if pairs else texts
+    require_columns(frame, [image_column or text_column, label_column, *optional], where, path)
+    if image_column:
+        names = _text_column(frame, image_column, where, path)
+        inputs = [Path(path).parent / name for name in names]
+    else:
+        texts = _text_column(frame, text_column, where, path, allow_blank)
+        pairs = _text_column(frame, pair_column, where, path, allow_blank) if pair_column else None
+        inputs = list(zip(texts, pairs, strict=True)) if pairs else texts
     labels = frame[label_column].tolist()
-    check_label_types(labels, label_column, where, path)
+    if classes:
+        check_label_types(labels, label_column, where, path)
     missing = [row for row, label in enumerate(labels) if is_blank(label)]
     if missing:
         raise UserError(

@@ -85,9 +85,9 @@ def improved(value: float, best: float | None, lower_is_better: bool, min_delta:
 class BestWeights(Callback):
     """Save the weights whenever the monitored validation metric improves; restore them at the end."""
 
-    def __init__(self, metric: str, folder: Path, accelerator, restore_at_end: bool):
+    def __init__(self, metric: str, folder: Path, accelerator, restore_at_end: bool, lower_is_better: bool = False):
         self.metric, self.folder, self.accelerator = metric, Path(folder), accelerator
-        self.lower_is_better = metric == "loss"
+        self.lower_is_better = lower_is_better
         self.restore_at_end = restore_at_end
         self.model = None
 
@@ -115,9 +115,9 @@ class BestWeights(Callback):
 
 
 class EarlyStopping(Callback):
-    def __init__(self, metric: str, patience: int, min_delta: float = 0.0):
+    def __init__(self, metric: str, patience: int, min_delta: float = 0.0, lower_is_better: bool = False):
         self.metric, self.patience, self.min_delta = metric, patience, min_delta
-        self.lower_is_better = metric == "loss"
+        self.lower_is_better = lower_is_better
         self.best: float | None = None
         self.bad_evaluations = 0
 
@@ -152,7 +152,7 @@ class MetricsFile(Callback):
 
     def on_evaluate(self, state, metrics) -> None:
         if self.enabled:
-            scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+            scalars = {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}  # not the plot points
             append_jsonl(
                 self.path, {"type": "eval", "split": "validation", "step": state.step, "epoch": state.epoch, **scalars}
             )

@@ -6,7 +6,6 @@ import torch
 
 from tunelab.compress.quantize import quantizers_paused
 from tunelab.engine.data_loading import in_dataset_order
-from tunelab.evaluate.fairness import group_metrics
 from tunelab.evaluate.metrics import classification_metrics
 
 
@@ -24,13 +23,6 @@ def output_logits(outputs) -> torch.Tensor:
 def model_inputs(batch: dict) -> dict:
     """A batch without its labels: what the model's forward takes."""
     return {key: value for key, value in batch.items() if key != "labels"}
-
-
-def classification_loss(model, batch: dict, weights: torch.Tensor | None = None) -> torch.Tensor:
-    logits = output_logits(model(**model_inputs(batch)))
-    if weights is not None:
-        weights = weights.to(logits.device)
-    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], weight=weights)
 
 
 def balanced_weights(label_ids: list[int], num_labels: int) -> torch.Tensor:
@@ -59,25 +51,23 @@ def collect_logits(
 
 
 def evaluate_split(
-    model, loader, accelerator, num_labels: int, advance=None, groups: list | None = None, read_logits=output_logits
+    model, loader, accelerator, score, advance=None, groups: list | None = None, read_logits=output_logits
 ) -> dict:
-    """Metrics of one split; with ``groups`` (one name per example, in the dataset's order) also per group."""
+    """Metrics of one split, as ``score`` (a task's ``scorer``) computes them from every output and
+    label; with ``groups`` (one name per example, in the dataset's order) also per group."""
     logits, labels = collect_logits(model, loader, accelerator, advance, read_logits)
-    metrics = classification_metrics(logits, labels, num_labels)
-    if groups is not None:
-        metrics["groups"] = group_metrics(labels.numpy(), logits.argmax(dim=-1).numpy(), groups, num_labels)
-    return metrics
+    return score(logits, labels, groups)
 
 
 def evaluate_splits(
-    model, loaders: dict, accelerator, num_labels: int, console=None, title: str = "", groups: dict | None = None
+    model, loaders: dict, accelerator, score, console=None, title: str = "", groups: dict | None = None
 ) -> dict:
     """Metrics for every split, with a transient progress bar over batches when a console is given.
     ``groups`` maps a split name to its examples' group names (data.group_column)."""
     groups = groups or {}
     if console is None or not accelerator.is_main_process:
         return {
-            name: evaluate_split(model, loader, accelerator, num_labels, groups=groups.get(name))
+            name: evaluate_split(model, loader, accelerator, score, groups=groups.get(name))
             for name, loader in loaders.items()
         }
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -88,12 +78,11 @@ def evaluate_splits(
         for name, loader in loaders.items():
             task = progress.add_task(name, total=len(loader))
             advance = lambda t=task: progress.advance(t)  # noqa: E731
-            results[name] = evaluate_split(model, loader, accelerator, num_labels, advance, groups.get(name))
+            results[name] = evaluate_split(model, loader, accelerator, score, advance, groups.get(name))
         return results
 
 
 __all__ = [
-    "classification_loss",
     "classification_metrics",
     "collect_logits",
     "evaluate_split",

@@ -18,6 +18,9 @@ from tunelab.forgetting.heads import HeadTap, frozen_copy, head_module, head_nam
 from tunelab.forgetting.protect import ProtectedLoss
 from tunelab.forgetting.regularizers import WeightPull, anchor_weights, diagonal_fisher
 from tunelab.forgetting.replay import Replay
+from tunelab.tasks.classification import Classification
+
+CLASSES = Classification()  # a retain set is scored by the classes of the base model's own head
 
 DRIFT_ROWS = 512  # validation rows whose features are compared before and after
 
@@ -97,7 +100,7 @@ def score_retained(model, run: ForgettingRun, accelerator) -> dict:
     with run.tap:
         for name, loader in run.retain.items():
             scores[name] = evaluate_split(
-                model, loader, accelerator, len(run.old_labels), read_logits=lambda _: run.tap.old_logits
+                model, loader, accelerator, CLASSES.scorer(run.old_labels), read_logits=lambda _: run.tap.old_logits
             )
     return scores
 

@@ -39,9 +39,9 @@ def digits_cnn_folder() -> Path:
         return target / "model"
     from accelerate.utils import broadcast_object_list
 
+    from tunelab.builder import run_training
+    from tunelab.builder.runtime import process_state
     from tunelab.config import validate
-    from tunelab.recipes.runtime import process_state
-    from tunelab.recipes.train import run_training
 
     # Under torchrun every process takes part in this run, and only the main one writes its files,
     # so all of them must use the main process's staging folder (one per launch, never shared).

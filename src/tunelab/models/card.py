@@ -14,8 +14,6 @@ import yaml
 
 from tunelab.io import read_json_object, write_atomic
 
-SHOWN_METRICS = ("accuracy", "f1", "precision", "recall", "auc", "loss")
-
 
 def load_snippet(folder: Path, max_length: int) -> tuple[str, str]:
     """(library, Python code) that loads this folder without tunelab and gives the probabilities
@@ -94,7 +92,9 @@ def write_model_card(folder: Path, results: dict, base_name: str | None) -> None
 def _score_table(results: dict) -> list[str]:
     splits = list(results["final"])
     first = results["final"][splits[0]] if splits else {}
-    metrics = [name for name in SHOWN_METRICS if isinstance(first.get(name), int | float)]
+    from tunelab.tasks import scalar_metrics
+
+    metrics = [name for name in scalar_metrics(first) if first.get(name) is not None]
     rows = ["| split | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for split in splits:
         before, after = results.get("base", {}).get(split, {}), results["final"][split]

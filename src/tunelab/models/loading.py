@@ -108,10 +108,10 @@ def load_model(config, labels, channels: int = 3) -> LoadedModel:
     if config.data.train == "digits":  # so predict can read 8x8 greyscale images like the built-in's
         loaded.image_transform = _simple_transform(8, channels=1)
         loaded.preprocessing = loaded.image_transform.settings()
-    elif loaded.kind == "module" and config.task == "image-classification" and loaded.image_transform is None:
+    elif loaded.kind == "module" and _reads(config) == "image" and loaded.image_transform is None:
         loaded.image_transform = _simple_transform(config.data.image_size or 32, channels=channels)
         loaded.preprocessing = loaded.image_transform.settings()
-    if config.task == "text-classification" and loaded.tokenizer is None:
+    if _reads(config) == "text" and loaded.tokenizer is None:
         raise UserError(f"model.source: {source} brings no tokenizer, so it cannot read text")
     resume_collecting()  # a command's set-up ends with its model
     return loaded
@@ -133,11 +133,9 @@ def load_tokenizer(config):
 
 
 def load_saved_model(folder: Path, config=None) -> LoadedModel:
-    """Reload a model folder tunelab wrote, with its own label map."""
-    from tunelab.data.labels import LabelMap
-
+    """Reload a model folder tunelab wrote, with its own label map (or numeric target)."""
     meta = read_meta(folder)
-    labels = LabelMap(tuple(meta["labels"]))
+    labels = _saved_targets(folder, meta)
     if "quantization" in meta:
         loaded = _quantized(Path(folder), meta, config)
         resume_collecting()
@@ -172,9 +170,7 @@ def _quantized(folder: Path, meta: dict, config) -> LoadedModel:
 
     settings = meta["quantization"]
     if settings["method"] == "qat":  # trained quantization-aware: rebuilt from the run's own model source
-        from tunelab.data.labels import LabelMap
-
-        labels = LabelMap(tuple(meta["labels"]))
+        labels = _saved_targets(folder, meta)
         loaded = load_model(config, labels, meta["init_kwargs"].get("in_channels", 3))
         loaded.labels = labels
     else:
@@ -249,14 +245,14 @@ def _minilm_folder() -> Path:
 
 
 def _hugging_face(folder: Path, config, labels) -> LoadedModel:
-    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from tunelab.tasks import get_task
 
     trust = config.model.trust_remote_code
     if trust:
         log.warning("model.trust_remote_code is on: code inside %s will run", folder)
-    auto = (
-        AutoModelForImageClassification if config.task == "image-classification" else AutoModelForSequenceClassification
-    )
+    auto = get_task(config).auto_model(config)
     dropout = {}
     if config.model.dropout is not None:
         hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -298,7 +294,7 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
         raise UserError(f"model.source: cannot load a model from {folder}: {first_line(error)}") from None
     loaded = LoadedModel(model, "hf", str(folder), fresh_head=fresh)
     try:
-        if config.task == "text-classification":
+        if _reads(config) == "text":
             loaded.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
         elif (folder / "preprocessor_config.json").exists():
             from transformers import AutoImageProcessor  # here: its imports take 0.2 s a text run needs not
@@ -310,13 +306,19 @@ def _hugging_face(folder: Path, config, labels) -> LoadedModel:
         from tunelab.data.images import processor_transform
 
         loaded.image_transform = processor_transform(loaded.image_processor)
-    elif config.task == "image-classification":
+    elif _reads(config) == "image":
         size = config.data.image_size or getattr(model.config, "image_size", 224)
         loaded.image_transform = _simple_transform(size)
         loaded.preprocessing = loaded.image_transform.settings()
-    if config.task == "text-classification":
+    if _reads(config) == "text":
         loaded.preprocessing = {"max_length": config.data.max_length}
     return loaded
+
+
+def _reads(config) -> str:
+    from tunelab.tasks import get_task
+
+    return get_task(config).reads(config)
 
 
 def _saved_label_names(folder: Path, file: str = "config.json") -> tuple[str, ...]:
@@ -329,7 +331,7 @@ def _saved_label_names(folder: Path, file: str = "config.json") -> tuple[str, ..
 
 def _pooling(folder: Path, config) -> str | None:
     """``mean`` or ``cls`` for tunelab's pooled classifier; None for transformers' own head."""
-    if config.task != "text-classification" or config.model.pooling == "head":
+    if _reads(config) != "text" or config.model.pooling == "head":
         return None
     if config.model.pooling in ("mean", "cls"):
         return config.model.pooling
@@ -458,6 +460,17 @@ def own_label_names(config) -> tuple[str, ...]:
     if "labels" in meta:
         return tuple(meta["labels"])
     return _saved_label_names(folder, LABEL_MAP) or _saved_label_names(folder)
+
+
+def _saved_targets(folder: Path, meta: dict):
+    from tunelab.tasks import TASKS
+
+    if meta["task"] not in TASKS:
+        raise UserError(f"{folder}: saved for task '{meta['task']}', which this tunelab does not know")
+    try:
+        return TASKS[meta["task"]].saved_targets(meta)
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{folder / TUNELAB_META}: damaged (its {meta['task']} targets cannot be read)") from None
 
 
 def read_meta(folder: Path) -> dict:

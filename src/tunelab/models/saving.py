@@ -73,15 +73,19 @@ def _write_model(loaded: LoadedModel, model: nn.Module, staging: Path, labels, t
     for processor in (loaded.tokenizer, loaded.image_processor):
         if processor is not None and loaded.kind == "hf":
             processor.save_pretrained(staging)
-    meta = extra | {
-        "format_version": FORMAT_VERSION,
-        "kind": loaded.kind,
-        "source": loaded.spec or loaded.source,  # "minilm", not the folder inside this machine's venv
-        "init_kwargs": loaded.init_kwargs,
-        "task": task,
-        "labels": list(labels.names),
-        "preprocessing": loaded.preprocessing,
-    }
+    meta = (
+        extra
+        | labels.to_meta()
+        | {
+            "format_version": FORMAT_VERSION,
+            "kind": loaded.kind,
+            "source": loaded.spec or loaded.source,  # "minilm", not the folder inside this machine's venv
+            "init_kwargs": loaded.init_kwargs,
+            "task": task,
+            "labels": list(labels.names),
+            "preprocessing": loaded.preprocessing,
+        }
+    )
     write_json(staging / TUNELAB_META, meta)
     write_json(staging / LABEL_MAP, {"id2label": labels.id2label, "label2id": labels.label2id})
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tunelab.builder.runtime import quiet_libraries
 from tunelab.config import RunConfig
 from tunelab.data.audit import audit
 from tunelab.errors import UserError
 from tunelab.io import write_json
 from tunelab.models.loading import load_tokenizer
-from tunelab.recipes.runtime import quiet_libraries
+from tunelab.tasks import get_task
 
 AUDIT_JSON = "audit.json"
 AUDIT_PAGE = "audit.html"
@@ -21,7 +22,10 @@ def run_audit(
     config: RunConfig, output: Path, probe_rows: int, reference: str | None, console: Console, show: bool
 ) -> dict:
     quiet_libraries()
-    tokenizer = load_tokenizer(config) if config.task == "text-classification" else None
+    task = get_task(config)
+    if not task.has_classes:
+        raise UserError(f"audit: checks class labels (balance, label issues, leaks); task {task.name} has none")
+    tokenizer = load_tokenizer(config) if task.reads(config) == "text" else None
     features = _feature_extractor(config, console, show) if tokenizer is not None and probe_rows > 0 else None
     report = audit(config, tokenizer, features, probe_rows, reference)
     try:

@@ -17,29 +17,28 @@ from rich.console import Console
 
 from tunelab.config import (
     FORGETTING_SECTIONS,
-    PEFT_METHODS,
     PER_LAYER_RATES_UNSET,
     RunConfig,
     comma_list,
     dump_config,
     run_parts,
     validate,
+    wraps_with_peft,
 )
 from tunelab.errors import UserError
 from tunelab.io import write_atomic, write_json
-from tunelab.rates import HIGHEST_RATE, STRATEGY_FACTOR
+from tunelab.rates import HIGHEST_RATE, rate_factor
 from tunelab.report.compare import rate_text
-from tunelab.report.html import SHOWN_METRICS
 from tunelab.rundir import REPORT
+from tunelab.strategies import STRATEGIES, strategy_class
+from tunelab.tasks import scalar_metrics
 
 COMPARISON = "comparison.json"
-DEFAULT_STRATEGIES = ("full", "partial", "progressive", "discriminative", "bitfit", "lora", "adapter", "ia3")
-PARTIAL_DEFAULT = {"train_last_n_blocks": 2}
 
 
 def parse_strategies(text: str | None, config: RunConfig) -> list[str]:
     names = comma_list(text, "--strategies") if text is not None else list(config.compare.strategies or [])
-    names = names or list(DEFAULT_STRATEGIES)
+    names = names or [name for name, strategy in STRATEGIES.items() if strategy.compared_by_default]
     for name in names:
         try:
             run_parts(name)
@@ -56,9 +55,8 @@ def strategy_config(config: RunConfig, name: str) -> RunConfig:
     strategy_name, methods = run_parts(name)
     raw = config.model_dump(mode="json", exclude={"output_dir"})
     strategy = raw["strategy"] | {"name": strategy_name}
-    if strategy_name == "partial" and not strategy["freeze"] and strategy["train_last_n_blocks"] is None:
-        strategy |= PARTIAL_DEFAULT
-    if strategy_name in PEFT_METHODS:
+    strategy |= strategy_class(strategy_name).compare_settings(strategy)
+    if wraps_with_peft(strategy_name):
         strategy |= PER_LAYER_RATES_UNSET
     options = config.compare.options
     raw["strategy"] = _merged(strategy, options.get(name, options.get(strategy_name, {})))
@@ -77,7 +75,7 @@ def _strategy_rate(lr: float | str | None, strategy_name: str) -> float | str | 
     different rates)."""
     if lr is None or lr == "auto":
         return lr
-    return min(HIGHEST_RATE, lr * STRATEGY_FACTOR[strategy_name])
+    return min(HIGHEST_RATE, lr * rate_factor(strategy_name))
 
 
 def _merged(base: dict, changes: dict) -> dict:
@@ -151,7 +149,7 @@ def _run_one(name: str, run_config: RunConfig, config_file: Path, run_dir: Path)
 
 
 def _headline(metrics: dict) -> dict:
-    return {key: metrics.get(key) for key in SHOWN_METRICS}
+    return {key: metrics.get(key) for key in scalar_metrics(metrics)}
 
 
 def _error_line(stderr: str) -> str:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tunelab.builder.runtime import make_accelerator, quiet_libraries
 from tunelab.config import RunConfig
 from tunelab.continual.sequence import Sequence
 from tunelab.continual.tasks import prepare_tasks, read_tasks
 from tunelab.errors import UserError
 from tunelab.io import write_atomic, write_json
-from tunelab.recipes.runtime import make_accelerator, quiet_libraries
 from tunelab.rundir import REPORT
 
 SUMMARY = "continual.json"

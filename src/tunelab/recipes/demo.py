@@ -16,10 +16,10 @@ from pathlib import Path
 
 from rich.table import Table
 
+from tunelab.builder import run_training
 from tunelab.config import validate
 from tunelab.errors import UserError
 from tunelab.io import write_atomic, write_json
-from tunelab.recipes.train import run_training
 from tunelab.rundir import REPORT, finish_run_dir, prepare_run_dir
 
 MARKER = ".tunelab-demo"

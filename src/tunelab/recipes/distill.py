@@ -7,17 +7,17 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tunelab.builder import run_training
+from tunelab.builder.runtime import quiet_libraries
 from tunelab.compress.distill import every_kth_layer
 from tunelab.compress.measure import measured, weights_mb
 from tunelab.config import load_config
-from tunelab.data.collate import make_collate
 from tunelab.errors import UserError
 from tunelab.io import write_json
 from tunelab.models.saving import save_model
 from tunelab.recipes.evaluate import load_run, run_datasets
-from tunelab.recipes.runtime import quiet_libraries
-from tunelab.recipes.train import run_training
 from tunelab.rundir import CONFIG, MODEL, RESULTS, existing_run, finish_run_dir, prepare_run_dir
+from tunelab.tasks import get_task
 
 STUDENT_INIT = "student-init"
 
@@ -64,8 +64,9 @@ def side_by_side(teacher_dir: Path, student_dir: Path) -> dict:
     for name, run_dir in (("teacher", teacher_dir), ("student", student_dir)):
         run_config, loaded = load_run(run_dir)
         data = run_datasets(run_config, loaded)
-        collate = make_collate(loaded, run_config.task)
+        task = get_task(run_config)
+        collate = task.collate(loaded, run_config)
         size = run_config.train.eval_batch_size
-        found[name] = measured(loaded.model.eval().cpu(), data, collate, len(loaded.labels), size)
+        found[name] = measured(loaded.model.eval().cpu(), data, collate, task.scorer(loaded.labels), size)
         found[name]["size_mb"] = weights_mb(run_dir / MODEL)
     return found

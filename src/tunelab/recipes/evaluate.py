@@ -6,16 +6,16 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tunelab.builder.runtime import make_accelerator, quiet_libraries
 from tunelab.config import RunConfig, load_config
 from tunelab.data import RawData, prepare_data, read_data
-from tunelab.data.collate import make_collate
 from tunelab.data.readers import image_folder_split, table_split
 from tunelab.engine.data_loading import eval_loader
 from tunelab.errors import UserError
 from tunelab.evaluate import evaluate_splits
 from tunelab.models import load_saved_model
-from tunelab.recipes.runtime import make_accelerator, quiet_libraries
 from tunelab.rundir import CONFIG, MODEL, existing_run
+from tunelab.tasks import Task, get_task
 
 
 def load_run(run_dir: Path) -> tuple[RunConfig, object]:
@@ -30,14 +30,16 @@ def run_datasets(config: RunConfig, loaded) -> dict:
     return prepare_data(RawData(raw.splits, loaded.labels, raw.channels), loaded, config).datasets
 
 
-def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool = False) -> dict:
+def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool = False) -> tuple[dict, Task]:
+    """Metrics per split (the run's own, or ``data_file``), and the task that names them."""
     quiet_libraries()
     config, loaded = load_run(run_dir)
     labels = loaded.labels
     if data_file:
         if config.data.train == "digits":
             raise UserError("--data: this run used the built-in digits; it has no file format to read")
-        if config.task == "image-classification":
+        task = get_task(config)
+        if task.reads(config) == "image" and not config.data.image_column:
             split = image_folder_split(data_file, "data", where="--data")
         else:
             data = config.data
@@ -50,6 +52,8 @@ def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool =
                 where="--data",
                 group_column=data.group_column,
                 groups_required=False,  # an extra test set may come without the group column
+                classes=task.has_classes,
+                image_column=data.image_column,
             )
         labels.encode(split.labels, "--data")  # fail early on a class the run never learned
         raw = RawData({"data": split}, labels)
@@ -59,10 +63,12 @@ def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool =
     prepared = prepare_data(raw, loaded, config)
     accelerator = make_accelerator(config.train, cpu=loaded.quantized)
     model = accelerator.prepare(loaded.model)
-    collate = make_collate(loaded, config.task)
+    task = get_task(config)
+    collate = task.collate(loaded, config)
     loaders = {
         name: accelerator.prepare(eval_loader(dataset, config.train.eval_batch_size, collate))
         for name, dataset in prepared.datasets.items()
     }
     console = Console(stderr=True) if progress else None
-    return evaluate_splits(model, loaders, accelerator, len(labels), console, "evaluating", prepared.groups)
+    scores = evaluate_splits(model, loaders, accelerator, task.scorer(labels), console, "evaluating", prepared.groups)
+    return scores, task

@@ -11,13 +11,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from tunelab.builder.runtime import quiet_libraries
 from tunelab.errors import UserError
 from tunelab.io import folder_megabytes, give_usual_permissions, read_json_object
 from tunelab.models import load_saved_model, save_model
 from tunelab.models.adapted import merge
 from tunelab.models.card import write_model_card
 from tunelab.models.loading import LABEL_MAP, portable_name, read_meta
-from tunelab.recipes.runtime import quiet_libraries
 from tunelab.rundir import MODEL, RESULTS
 
 

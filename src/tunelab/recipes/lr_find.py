@@ -8,12 +8,12 @@ from pathlib import Path
 from accelerate.utils import set_seed
 from rich.console import Console
 
+from tunelab.builder import class_weights_for, find_rate, prepare_run
+from tunelab.builder.runtime import make_accelerator, quiet_libraries
 from tunelab.config import RunConfig
 from tunelab.errors import UserError
 from tunelab.io import write_atomic, write_json
 from tunelab.models.builtin import build_cached
-from tunelab.recipes.runtime import make_accelerator, quiet_libraries
-from tunelab.recipes.train import class_weights_for, find_rate, prepare_run
 
 LR_FIND_JSON = "lr_find.json"
 LR_FIND_PAGE = "lr_find.html"
@@ -31,7 +31,7 @@ def run_lr_find(config: RunConfig, output: Path, console: Console, show: bool) -
 
     run = prepare_run(config, accelerator, warn)
     try:
-        found = find_rate(run, config, accelerator, class_weights_for(config, run.raw, len(run.data.labels)),
+        found = find_rate(run, config, accelerator, class_weights_for(config, run.raw),
                           console if show else None)  # fmt: skip
     except ValueError as error:  # stopped before a curve could be read
         raise UserError(f"lr-find: {error}") from None

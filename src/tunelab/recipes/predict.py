@@ -1,4 +1,5 @@
-"""`tunelab predict`: labels and probabilities for new texts or images from a finished run."""
+"""`tunelab predict`: what a finished run says about new texts or images: labels and
+probabilities, or numbers, as its task puts them."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ from pathlib import Path
 
 import torch
 
+from tunelab.builder.runtime import quiet_libraries
 from tunelab.data.images import open_image
 from tunelab.data.prepare import prepared_input
 from tunelab.data.readers import IMAGE_SUFFIXES, not_a_regular_file, read_table, require_columns
 from tunelab.errors import UserError
 from tunelab.evaluate import output_logits
 from tunelab.recipes.evaluate import load_run
-from tunelab.recipes.runtime import quiet_libraries
+from tunelab.tasks import get_task
 
 BATCH = 64
 
@@ -20,11 +22,12 @@ BATCH = 64
 def run_prediction(run_dir: Path, input_path: str | None, texts: list[str] | None) -> list[dict]:
     quiet_libraries()
     config, loaded = load_run(run_dir)
-    if config.task == "text-classification":
+    task = get_task(config)
+    if task.reads(config) == "text":
         pair_column = config.data.text_pair_column
         if texts and pair_column:
             raise UserError(
-                f"--text: this run classifies text pairs; use --input with a file that has the columns "
+                f"--text: this run reads text pairs; use --input with a file that has the columns "
                 f"'{config.data.text_column}' and '{pair_column}'"
             )
         inputs = texts if texts else _texts_from_file(Path(input_path), config.data.text_column, pair_column)
@@ -32,21 +35,17 @@ def run_prediction(run_dir: Path, input_path: str | None, texts: list[str] | Non
         encode = lambda chunk: _encode_texts(loaded.tokenizer, chunk, config.data.max_length)  # noqa: E731
     else:
         if texts:
-            raise UserError("--text: this run classifies images; use --input with an image or a folder")
+            raise UserError("--text: this run reads images; use --input with an image or a folder")
         inputs = _images_from_path(Path(input_path))
         encode = lambda chunk: {"pixel_values": loaded.image_transform([open_image(p, "--input") for p in chunk])}  # noqa: E731
-    labels = loaded.labels.names
     model = loaded.model.eval()
     rows = []
     with torch.inference_mode():
         for start in range(0, len(inputs), BATCH):
             chunk = inputs[start : start + BATCH]
-            probabilities = torch.softmax(output_logits(model(**encode(chunk))).float(), dim=-1)
-            for item, row in zip(chunk, probabilities.tolist(), strict=True):
-                index = max(range(len(row)), key=row.__getitem__)
-                shown = list(item) if isinstance(item, tuple) else str(item)
-                every = dict(zip(labels, row, strict=True))
-                rows.append({"input": shown, "label": labels[index], "probability": row[index], "probabilities": every})
+            predicted = task.predictions(output_logits(model(**encode(chunk))).float(), loaded.labels)
+            for item, row in zip(chunk, predicted, strict=True):
+                rows.append({"input": list(item) if isinstance(item, tuple) else str(item)} | row)
     return rows
 
 
@@ -71,16 +70,19 @@ def write_predictions(rows: list[dict], path: Path) -> None:
     elif suffix == ".json":
         text = json.dumps(rows, ensure_ascii=False, indent=1)
     else:
-        flat = [
-            {"input": " | ".join(r["input"]) if isinstance(r["input"], list) else r["input"], "label": r["label"],
-             "probability": r["probability"]} | {f"p({name})": p for name, p in r["probabilities"].items()}
-            for r in rows
-        ]  # fmt: skip
-        text = pd.DataFrame(flat).to_csv(index=False, sep="," if suffix == ".csv" else "\t")
+        text = pd.DataFrame([_flat(row) for row in rows]).to_csv(index=False, sep="," if suffix == ".csv" else "\t")
     try:
         write_atomic(path, text)
     except OSError as error:
         raise UserError(f"--output: cannot write {path}: {error.strerror or error}") from None
+
+
+def _flat(row: dict) -> dict:
+    """One row as table columns: a text pair joined, each class probability its own ``p(name)``."""
+    flat = {key: value for key, value in row.items() if key != "probabilities"}
+    if isinstance(flat["input"], list):
+        flat["input"] = " | ".join(flat["input"])
+    return flat | {f"p({name})": p for name, p in row.get("probabilities", {}).items()}
 
 
 def _encode_texts(tokenizer, chunk: list, max_length: int) -> dict:

@@ -15,19 +15,19 @@ from rich.console import Console
 from safetensors.torch import save_file
 from torch.utils.data import Subset
 
+from tunelab.builder.runtime import quiet_libraries
 from tunelab.compress.measure import SCORED, measured, weights_mb
 from tunelab.compress.qstate import to_tensors
 from tunelab.compress.quantize import quantized
 from tunelab.config import dump_config
-from tunelab.data.collate import make_collate
 from tunelab.engine.data_loading import eval_loader
 from tunelab.errors import UserError
 from tunelab.evaluate import model_inputs
 from tunelab.io import folder_megabytes, give_usual_permissions, read_json_object, write_atomic, write_json
 from tunelab.models.loading import LABEL_MAP, TUNELAB_META
 from tunelab.recipes.evaluate import load_run, run_datasets
-from tunelab.recipes.runtime import quiet_libraries
 from tunelab.rundir import CONFIG, MODEL, RESULTS, finish_run_dir, prepare_run_dir
+from tunelab.tasks import get_task
 
 QUANTIZED_WEIGHTS = "quantized.safetensors"
 
@@ -40,7 +40,7 @@ def run_quantize(
     quiet_libraries()
     config, loaded = load_run(run_dir)
     data = run_datasets(config, loaded)
-    collate = make_collate(loaded, config.task)
+    collate = get_task(config).collate(loaded, config)
     float_model = loaded.model.eval().cpu()
     rows = range(min(calibration_rows, len(data["train"])))
     calibration = [model_inputs(batch) for batch in eval_loader(Subset(data["train"], rows), 32, collate)]
@@ -52,7 +52,7 @@ def run_quantize(
         # Scored in the batches `tunelab eval` uses: dynamic int8 scales each batch's activations
         # by that batch's range, so the batching moves the last digit.
         size = config.train.eval_batch_size
-        report = {name: measured(model, data, collate, len(loaded.labels), size)
+        report = {name: measured(model, data, collate, get_task(config).scorer(loaded.labels), size)
                   for name, model in (("float", float_model), ("int8", int8))}  # fmt: skip
     return _write(run_dir, output, overwrite, config, int8, method, example, report, splits, loaded, calibration_rows)
 

@@ -18,14 +18,15 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.markup import escape
 
+from tunelab.builder import run_training
+from tunelab.builder.runtime import quiet_libraries
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import UserError
 from tunelab.io import write_atomic, write_json
-from tunelab.recipes.runtime import quiet_libraries
-from tunelab.recipes.train import run_training
 from tunelab.rundir import REPORT, prepare_run_dir
 from tunelab.search.space import applied, check_space, current_values, default_space, draw
 from tunelab.search.study import ReportToTrial, open_study, worker_name
+from tunelab.tasks import get_task
 
 SUMMARY = "tune.json"
 BEST = "best.yaml"
@@ -43,7 +44,7 @@ def run_tune(config: RunConfig, output: Path, trials: int, storage: str | None, 
     check_space(config, space)
     url = storage or f"sqlite:///{(output / 'study.db').resolve()}"
     try:
-        study = open_study(url, tune, metric, config.seed)
+        study = open_study(url, tune, metric, config.seed, lower_is_better=get_task(config).lower_is_better)
     except (ValueError, ImportError, optuna.exceptions.OptunaError) as error:
         raise UserError(f"--storage: cannot open the study at {url}: {error}") from None
     objectives = [metric] + ([tune.second_objective] if tune.second_objective else [])

@@ -82,7 +82,7 @@ def comparison_table(summary: dict, shown: tuple = COLUMNS, title: str = "") -> 
         collapse_padding=True,
     )
     for key, header in shown:
-        header = header.format(metric=SHORT[metric])
+        header = header.format(metric=SHORT.get(metric, metric))
         width = max(len(text) for text in [*header.splitlines(), *(cells.get(key, "") for cells in rows)])
         justify = "left" if key == "strategy" else "right"
         table.add_column(header, justify=justify, no_wrap=True, min_width=width)

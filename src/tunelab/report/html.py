@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tunelab.io import read_jsonl, write_atomic
 from tunelab.report import plots
+from tunelab.tasks import get_task, scalar_metrics
 
-SHOWN_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "auc")
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}
@@ -23,28 +23,23 @@ def write_report(run_dir: Path, path: Path) -> Path:
     records = read_jsonl(Path(run_dir) / "metrics.jsonl")
     train_logs = [r for r in records if r["type"] == "train"]
     evals = [r for r in records if r["type"] == "eval"]
+    task = get_task(results["task"])
     sections = [
         f"<h1>tunelab run: {escape(Path(run_dir).name)}</h1>",
         _summary(results),
         "<h2>Base model vs fine-tuned</h2>",
-        metrics_table(results.get("base", {}), results["final"]),
+        metrics_table(results.get("base", {}), results["final"], task.lower_is_better),
         _gap(results.get("gap", {})),
     ]
     if train_logs:
         sections += ["<h2>Training curves</h2><div class='grid'>"]
         sections.append(image(plots.loss_curves(train_logs, evals), "loss curves"))
         if evals:
-            sections.append(image(plots.metric_curves(evals), "validation metric curves"))
+            sections.append(image(plots.metric_curves(evals, task.curve_metrics), "validation metric curves"))
         sections += [image(plots.learning_rate_curve(train_logs), "learning rate curve"), "</div>"]
     sections += _forgetting_section(results)
     sections += _groups_section(results)
-    sections.append("<h2>Confusion matrices (fine-tuned)</h2><div class='grid'>")
-    for split in ("validation", "test"):
-        if split in results["final"]:
-            matrix = results["final"][split]["confusion_matrix"]
-            png = plots.confusion_matrix(matrix, results["labels"], split)
-            sections.append(image(png, f"confusion matrix ({split})"))
-    sections.append("</div>")
+    sections += task.report_sections(results)
     page = f"<!doctype html><meta charset='utf-8'><title>tunelab report</title><style>{STYLE}</style>" + "\n".join(
         sections
     )
@@ -52,14 +47,14 @@ def write_report(run_dir: Path, path: Path) -> Path:
     return path
 
 
-def metrics_table(base: dict, final: dict) -> str:
+def metrics_table(base: dict, final: dict, lower_is_better: frozenset = frozenset({"loss"})) -> str:
     rows = ["<table><tr><th>split</th><th>metric</th><th>base</th><th>fine-tuned</th><th>change</th></tr>"]
     for split, metrics in final.items():
-        for metric in SHOWN_METRICS:
+        for metric in scalar_metrics(metrics):
             after = metrics.get(metric)
             before = base.get(split, {}).get(metric)
             change = "" if after is None or before is None else after - before
-            better = change != "" and ((change < 0) if metric == "loss" else (change > 0))
+            better = change != "" and ((change < 0) if metric in lower_is_better else (change > 0))
             css = "" if change in ("", 0) else ("up" if better else "down")
             rows.append(
                 f"<tr><td>{escape(split)}</td><td>{metric}</td><td>{_fmt(before)}</td>"

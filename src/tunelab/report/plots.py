@@ -32,12 +32,14 @@ def loss_curves(train_logs: list[dict], evals: list[dict]) -> str:
 
 def metric_curves(evals: list[dict], metrics=("accuracy", "f1", "auc")) -> str:
     figure, axis = plt.subplots(figsize=(6, 3.4))
+    values = []
     for metric in metrics:
         points = [(r["step"], r[metric]) for r in evals if r.get(metric) is not None]
         if points:
             axis.plot(*zip(*points, strict=True), "o-", label=f"validation {metric}")
+            values += [value for _, value in points]
     axis.set_xlabel("optimizer step")
-    axis.set_ylim(0, 1.02)
+    axis.set_ylim(min(0, *values) if values else 0, 1.02)  # an R² below zero stays in view
     axis.legend()
     axis.grid(alpha=0.3)
     return to_png(figure)
@@ -229,5 +231,35 @@ def length_histograms(histograms: dict[str, dict], max_length: int) -> str:
     axis.set_xlabel("tokens (model's own tokenizer)")
     axis.set_ylabel("rows")
     axis.legend()
+    axis.grid(alpha=0.3)
+    return to_png(figure)
+
+
+def predicted_vs_true(points: dict, base: dict | None, split: str) -> str:
+    """Each row's prediction against its target, the diagonal a perfect model would sit on."""
+    figure, axis = plt.subplots(figsize=(4.6, 4.2))
+    if base:
+        axis.scatter(base["true"], base["predicted"], s=6, alpha=0.25, color="#999", label="base model")
+    axis.scatter(points["true"], points["predicted"], s=6, alpha=0.5, label="fine-tuned")
+    low = min(min(points["true"]), min(points["predicted"]))
+    high = max(max(points["true"]), max(points["predicted"]))
+    axis.plot([low, high], [low, high], color="#c62828", linewidth=1, label="predicted = true")
+    axis.set_xlabel("true")
+    axis.set_ylabel("predicted")
+    axis.set_title(f"predicted vs true ({split})")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return to_png(figure)
+
+
+def residuals(points: dict, split: str) -> str:
+    """Prediction minus target against the target: a slope shows the model pulling toward the mean."""
+    figure, axis = plt.subplots(figsize=(4.6, 4.2))
+    error = [p - t for p, t in zip(points["predicted"], points["true"], strict=True)]
+    axis.scatter(points["true"], error, s=6, alpha=0.5)
+    axis.axhline(0, color="#c62828", linewidth=1)
+    axis.set_xlabel("true")
+    axis.set_ylabel("predicted - true")
+    axis.set_title(f"residuals ({split})")
     axis.grid(alpha=0.3)
     return to_png(figure)

@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from tunelab.report.html import SHOWN_METRICS
+from tunelab.tasks import get_task
 
 
 def _fmt(value) -> str:
@@ -20,28 +20,29 @@ def results_table(results: dict, title: str = "base model → fine-tuned") -> Ta
     table = Table(title=title)
     table.add_column("split", no_wrap=True, min_width=10)
     table.add_column("model")
-    for metric in SHOWN_METRICS:
+    shown = get_task(results["task"]).table_metrics
+    for metric in shown:
         table.add_column(metric, justify="right")
     base = results.get("base", {})
     for split, metrics in results["final"].items():
         if split in base:
-            table.add_row(split, "[dim]base[/]", *(f"[dim]{_fmt(base[split].get(m))}[/]" for m in SHOWN_METRICS))
+            table.add_row(split, "[dim]base[/]", *(f"[dim]{_fmt(base[split].get(m))}[/]" for m in shown))
         table.add_row(
             "" if split in base else split,
             "[bold]tuned[/]",
-            *(_fmt(metrics.get(m)) for m in SHOWN_METRICS),
+            *(_fmt(metrics.get(m)) for m in shown),
             end_section=True,
         )
     return table
 
 
-def metrics_only_table(metrics_by_split: dict, title: str) -> Table:
+def metrics_only_table(metrics_by_split: dict, title: str, shown: tuple[str, ...]) -> Table:
     table = Table(title=title)
     table.add_column("split", no_wrap=True, min_width=10)
-    for metric in SHOWN_METRICS:
+    for metric in shown:
         table.add_column(metric, justify="right")
     for split, metrics in metrics_by_split.items():
-        table.add_row(split, *(_fmt(metrics.get(metric)) for metric in SHOWN_METRICS))
+        table.add_row(split, *(_fmt(metrics.get(metric)) for metric in shown))
     return table
 
 
@@ -63,9 +64,7 @@ def run_summary_lines(results: dict) -> list[str]:
             f"feature drift from the base model: linear CKA {results['drift']['validation_cka']:.3f} "
             "on validation (1 = unchanged)"
         )
-    gap = results.get("gap", {})
-    if "accuracy" in gap:
-        lines.append(f"train - validation accuracy gap: {gap['accuracy']:+.4f}")
+    lines += get_task(results["task"]).summary_lines(results)
     if results.get("stop_reason"):
         lines.append(results["stop_reason"])
     return lines
@@ -137,12 +136,13 @@ def predictions_table(rows: list[dict], limit: int = 20) -> Table:
     table = Table(
         title=f"predictions ({min(limit, len(rows))} of {len(rows)} shown)" if len(rows) > limit else "predictions"
     )
-    table.add_column("input")
-    table.add_column("label")
-    table.add_column("probability", justify="right")
+    columns = [key for key in (rows[0] if rows else {"input": ""}) if key != "probabilities"]  # the task's own
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("input", "label") else "right")
     for row in rows[:limit]:
         shown = str(row["input"])
-        table.add_row(shown if len(shown) <= 70 else shown[:67] + "...", row["label"], f"{row['probability']:.3f}")
+        cells = [f"{row[key]:.3f}" if isinstance(row[key], float) else str(row[key]) for key in columns[1:]]
+        table.add_row(shown if len(shown) <= 70 else shown[:67] + "...", *cells)
     return table
 
 

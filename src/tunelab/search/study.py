@@ -26,14 +26,17 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from tunelab.engine.callbacks import Callback
 from tunelab.errors import UserError, first_line
 
-MINIMISED = {"loss", "trainable_parameters", "train_seconds"}
+MINIMISED = {"trainable_parameters", "train_seconds"}  # besides the task's own lower-is-better metrics
 STUDY_NAME = "tunelab"
 
 
-def open_study(url: str, tune, metric: str, seed: int, name: str = STUDY_NAME) -> optuna.Study:
+def open_study(
+    url: str, tune, metric: str, seed: int, name: str = STUDY_NAME, lower_is_better: frozenset = frozenset({"loss"})
+) -> optuna.Study:
+    """``lower_is_better``: the task's metrics that are minimised (a loss, an error)."""
     storage = _storage(url, tune.heartbeat_seconds)
     objectives = [metric] + ([tune.second_objective] if tune.second_objective else [])
-    directions = ["minimize" if objective in MINIMISED else "maximize" for objective in objectives]
+    directions = ["minimize" if objective in MINIMISED | lower_is_better else "maximize" for objective in objectives]
     return optuna.create_study(
         storage=storage,
         study_name=name,

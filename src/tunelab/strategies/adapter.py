@@ -108,6 +108,7 @@ def _out_features(module: nn.Module) -> int:
 
 class AdapterStrategy(Strategy):
     name = "adapter"
+    rate_factor = 10.0
 
     def apply(self, model: nn.Module) -> nn.Module:
         settings = self.config.adapter

@@ -1,8 +1,9 @@
 """The strategy interface: decide what trains, give the optimizer its parameter groups.
 
 A strategy is also a callback, so one that changes over time (progressive unfreezing) reacts to
-engine events, and its ``state_dict`` goes into checkpoints. Adding a strategy means adding one
-module and one line in ``strategies/__init__.py``; the loop never changes.
+engine events, and its ``state_dict`` goes into checkpoints. A strategy also says what the rest
+of tunelab needs to know of it (its rate factor, whether PEFT wraps the model, its own config
+section), so adding one is one module and one ``register_strategy`` line; nothing else changes.
 
 Discriminative learning rates live here, since they combine with any strategy that trains
 whole blocks: ``layer_lr_decay`` multiplies the rate by a factor per block from the head down,
@@ -24,6 +25,21 @@ from tunelab.strategies.anatomy import anatomy, name_matches
 class Strategy(Callback):
     name = "base"
     default_layer_lr_decay: float | None = None
+    # Relative to full fine-tuning's rate: the default rate, and compare's rate for it (tunelab.rates).
+    rate_factor: float = 1.0
+    # PEFT wraps the model: per-layer rates (which need its own layout) and weight-pulling
+    # forgetting methods (EWC, L2-SP, on weights it leaves frozen) do not apply.
+    peft: bool = False
+    compared_by_default: bool = True  # in `tunelab compare` when no strategies are named
+    # A plugin's own settings: validated with this model from ``strategy.<name>:`` in a config
+    # (the built-ins' sections are typed fields of config.StrategyConfig).
+    section: type | None = None
+
+    @classmethod
+    def compare_settings(cls, settings: dict) -> dict:
+        """What ``compare`` adds to the config's strategy section for this strategy to run (a rule
+        partial needs, say), given that section as a dict."""
+        return {}
 
     def __init__(self, config: StrategyConfig, fresh: list[str] = ()):
         self.config = config

@@ -13,6 +13,7 @@ from tunelab.strategies.base import Strategy
 
 class BitFitStrategy(Strategy):
     name = "bitfit"
+    rate_factor = 10.0
 
     def apply(self, model: nn.Module) -> nn.Module:
         parts = anatomy(model)

@@ -11,4 +11,5 @@ from tunelab.strategies.full import FullStrategy
 
 class DiscriminativeStrategy(FullStrategy):
     name = "discriminative"
+    rate_factor = 2.0
     default_layer_lr_decay = 0.8

@@ -16,6 +16,15 @@ from tunelab.strategies.base import Strategy
 class PartialStrategy(Strategy):
     name = "partial"
 
+    @classmethod
+    def compare_settings(cls, settings: dict) -> dict:
+        """Compared without a rule of its own, partial trains the last two blocks and the head."""
+        return (
+            {}
+            if settings.get("freeze") or settings.get("train_last_n_blocks") is not None
+            else {"train_last_n_blocks": 2}
+        )
+
     def apply(self, model: nn.Module) -> nn.Module:
         names = [name for name, _ in model.named_parameters()]
         frozen = set()

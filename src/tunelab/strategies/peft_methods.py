@@ -22,6 +22,7 @@ class PeftStrategy(Strategy):
 
     method = ""
     needs_transformer = False
+    peft = True
 
     def apply(self, model: nn.Module) -> nn.Module:
         from peft import get_peft_model
@@ -58,6 +59,7 @@ class PeftStrategy(Strategy):
 
 class LoraStrategy(PeftStrategy):
     name = method = "lora"
+    rate_factor = 10.0
 
     def peft_config(self, model: nn.Module, modules_to_save: list[str]):
         from peft import LoraConfig
@@ -77,6 +79,7 @@ class LoraStrategy(PeftStrategy):
 
 class Ia3Strategy(PeftStrategy):
     name = method = "ia3"
+    rate_factor = 50.0
 
     def peft_config(self, model: nn.Module, modules_to_save: list[str]):
         from peft import IA3Config
@@ -121,11 +124,15 @@ class VirtualTokensStrategy(PeftStrategy):
 
 class PrefixStrategy(VirtualTokensStrategy):
     name = method = "prefix"
+    rate_factor = 100.0
+    compared_by_default = False
     peft_config_class = "PrefixTuningConfig"
 
 
 class PromptStrategy(VirtualTokensStrategy):
     name = method = "prompt"
+    rate_factor = 200.0
+    compared_by_default = False
     peft_config_class = "PromptTuningConfig"
 
 

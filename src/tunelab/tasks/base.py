@@ -1,0 +1,115 @@
+"""The task contract: what a run learns to do, asked by every command and never named by one.
+
+A task says how rows are read and labelled, how a batch is collated, which model class it needs
+and how many outputs, its loss, its metrics (and which one a run selects by default), what
+``predict`` prints, and its sections of the terminal table and the report. The engine,
+strategies and commands hold a task object and call these methods; adding a task is one module
+and one ``register_task`` line.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+
+class Task:
+    """One task. Subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str] = ""
+    metrics: ClassVar[tuple[str, ...]] = ("loss",)  # what train.metric may name; shown in tables
+    default_metric: ClassVar[str] = "loss"
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"loss"})
+    gap_metrics: ClassVar[tuple[str, ...]] = ("loss",)  # train minus validation: the overfitting gap
+    table_metrics: ClassVar[tuple[str, ...]] = ("loss",)  # the terminal's columns (80 wide: six at most)
+    curve_metrics: ClassVar[tuple[str, ...]] = ()  # validation metrics the report plots over training
+    has_classes: ClassVar[bool] = False  # class weights, resampling, retain sets, distillation, fairness
+
+    def reads(self, config) -> str:
+        """``text`` (a table's text column, or two of them) or ``image`` (files)."""
+        raise NotImplementedError
+
+    def targets(self, labels: list, config):
+        """What the model is to put out, learned from train's labels: a :class:`LabelMap` of
+        classes, a numeric target. ``len()`` of it is the model's output width."""
+        raise NotImplementedError
+
+    def saved_targets(self, meta: dict):
+        """The targets a saved model's ``tunelab.json`` records."""
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor, targets, groups: list | None = None) -> dict:
+        """Metrics of one split from the model's outputs, every name in ``metrics`` among them."""
+        raise NotImplementedError
+
+    def scorer(self, targets):
+        """``score(logits, labels, groups=None)``: this task's metrics for ``targets``, as evaluation calls it."""
+        return lambda logits, labels, groups=None: self.scores(logits, labels, targets, groups)
+
+    def predictions(self, logits: torch.Tensor, targets) -> list[dict]:
+        """What ``predict`` writes per row, beside the input."""
+        raise NotImplementedError
+
+    def report_sections(self, results: dict) -> list[str]:
+        """HTML the run's report shows after its curves (confusion matrices, scatter plots)."""
+        return []
+
+    def summary_lines(self, results: dict) -> list[str]:
+        """Lines the terminal prints below the results table."""
+        return []
+
+    # What follows derives from ``reads``; a task with another input overrides it.
+
+    def collate(self, loaded, config):
+        """Batch assembly: dynamic padding for text, stacking for images."""
+        if self.reads(config) == "text":
+            from transformers import DataCollatorWithPadding
+
+            return DataCollatorWithPadding(loaded.tokenizer)
+        from torch.utils.data import default_collate
+
+        return default_collate
+
+    def auto_model(self, config):
+        """The transformers class that puts a head for this task on a Hugging Face model."""
+        import transformers
+
+        kind = "ImageClassification" if self.reads(config) == "image" else "SequenceClassification"
+        return getattr(transformers, f"AutoModelFor{kind}")
+
+    def configured(self, config) -> Task:
+        """This task with a run's own settings (a loss option, say); most tasks have none."""
+        return self
+
+    def better(self, metric: str, value: float, than: float) -> bool:
+        return value < than if metric in self.lower_is_better else value > than
+
+    def loss_function(self, weights: torch.Tensor | None = None):
+        """The loss of a batch: ``loss_fn(model, batch)``, as the loop calls it."""
+        return BatchLoss(self, weights)
+
+
+class BatchLoss:
+    """A task's loss on one batch through the model (a class, so it pickles and has a name)."""
+
+    def __init__(self, task: Task, weights: torch.Tensor | None = None):
+        self.task, self.weights = task, weights
+
+    def __call__(self, model, batch: dict) -> torch.Tensor:
+        from tunelab.evaluate import model_inputs, output_logits
+
+        return self.task.loss(output_logits(model(**model_inputs(batch))), batch["labels"], self.weights)
+
+
+def scalar_metrics(metrics: dict) -> list[str]:
+    """The metrics a split's scores hold as one number (or None where undefined), in their order:
+    what every table shows, whichever the task."""
+    return [key for key, value in metrics.items() if key != "examples" and (value is None or _number(value))]
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
