@@ -154,3 +154,21 @@ def test_only_a_pooled_run_exports_as_sentence_transformers(saved, tmp_path, cap
     assert main(["export", str(saved["pooled lora"][1]), "--format", "sentence-transformers", "-o", str(target)]) == 0
     assert (target / "modules.json").exists() and (target / "model.safetensors").exists()  # the whole model, merged
     assert not (target / "adapter_config.json").exists()
+
+
+def test_a_fine_tune_of_the_pretrained_digits_cnn_reloads_with_its_scores(tmp_path, capsys, write_config):
+    """Its tunelab.json names digits-cnn, a built-in pretrained on other digits: reloading rebuilds
+    the CNN it is and reads the fine-tuned weights, not the pretrained ones."""
+    config = {
+        "task": "image-classification",
+        "model": {"source": "digits-cnn"},
+        "data": {"train": "digits", "digits_classes": [5, 6, 7], "digits_train_per_class": 10},
+        "train": {"epochs": 1, "batch_size": 10, "checkpoint_every": None},
+        "evaluate": {"base": False},
+    }
+    assert main(["train", str(write_config(config)), "-o", str(tmp_path / "run"), "-q", "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)["final"]["validation"]
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
+    reloaded = json.loads(capsys.readouterr().out)["validation"]
+    assert reloaded["loss"] == pytest.approx(trained["loss"], abs=1e-6)
+    assert reloaded["accuracy"] == trained["accuracy"]

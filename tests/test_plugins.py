@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from pydantic import Field
 from safetensors.torch import load_file
+from sklearn.datasets import load_digits
 
 from tunelab.cli import main
 from tunelab.config import Section
 from tunelab.data.labels import LabelMap
+from tunelab.models.builtin import digits_cnn_folder
 from tunelab.strategies import Strategy, register_strategy
 from tunelab.strategies.anatomy import anatomy
 from tunelab.tasks import Task, register_task
@@ -53,9 +57,10 @@ class MarginClassification(Task):
     default_metric = "margin"
     table_metrics = metrics
     curve_metrics = ("accuracy",)
+    has_classes = True
 
     def reads(self, config) -> str:
-        return "text"
+        return "image"
 
     def targets(self, labels: list, config) -> LabelMap:
         return LabelMap.from_labels(labels)
@@ -89,43 +94,45 @@ register_task(MarginClassification())
 register_strategy(TopBlocks)
 
 
-def plugin_config(text_config: dict) -> dict:
-    return text_config | {
+def plugin_config() -> dict:
+    """Digits 5-9 on the demo CNN pretrained on 0-4: a few seconds a run, and it learns."""
+    return {
         "task": "margin-classification",
         "plugins": ["test_plugins"],
+        "seed": 0,
+        "model": {"source": "digits-cnn"},
+        "data": {"train": "digits", "digits_classes": [5, 6, 7, 8, 9], "digits_train_per_class": 30},
         "strategy": {"name": "top-blocks", "top-blocks": {"blocks": 1}},
-        "optim": {"lr": 2e-3},
-        "train": text_config["train"] | {"epochs": 3, "checkpoint_every": None},
+        "optim": {"name": "adamw", "lr": 3e-3},
+        "train": {"epochs": 4, "batch_size": 10, "checkpoint_every": None},
     }
 
 
-def test_the_new_task_and_strategy_train_save_predict_and_report(
-    text_config, write_config, tiny_bert, tmp_path, capsys
-):
-    config = write_config(plugin_config(text_config))
-    assert main(["train", str(config), "-o", str(tmp_path / "run"), "-q", "--json"]) == 0
+def test_the_new_task_and_strategy_train_save_predict_and_report(write_config, tmp_path, capsys):
+    assert main(["train", str(write_config(plugin_config())), "-o", str(tmp_path / "run"), "-q", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert results["task"] == "margin-classification" and results["strategy_details"] == {"blocks": 1}
     assert results["best"]["metric"] == "margin"  # the task's own default train.metric
     base, final = results["base"]["validation"], results["final"]["validation"]
-    assert final["margin"] > base["margin"] + 0.1 and final["accuracy"] >= 0.75
+    assert final["margin"] > base["margin"] + 1.0 and final["accuracy"] >= 0.8
 
-    # What the strategy froze is the base model's, bit for bit; the last block moved.
+    # What the strategy froze is the pretrained CNN's, bit for bit; the last block and the head moved.
     saved = load_file(tmp_path / "run" / "model" / "model.safetensors")
-    pretrained = load_file(tiny_bert / "model.safetensors")
-    for layer, frozen in ((0, True), (1, False)):
-        query = f"encoder.layer.{layer}.attention.self.query.weight"
-        assert torch.equal(saved[f"bert.{query}"], pretrained[query]) == frozen
+    pretrained = load_file(digits_cnn_folder() / "model.safetensors")
+    for name, frozen in (("blocks.0.0.weight", True), ("blocks.1.0.weight", True), ("blocks.2.0.weight", False)):
+        assert torch.equal(saved[name], pretrained[name]) == frozen, name
     assert "<h2>Margins</h2>" in (tmp_path / "run" / "report.html").read_text()
 
-    assert main(["predict", str(tmp_path / "run"), "--text", "a great lovely movie", "--json"]) == 0
+    image = tmp_path / "eight.png"
+    Image.fromarray((load_digits().images[8] * 255 / 16).astype(np.uint8)).save(image)
+    assert main(["predict", str(tmp_path / "run"), "--input", str(image), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert set(row) == {"input", "label"} and row["label"] in ("pos", "neg")
+    assert set(row) == {"input", "label"} and row["label"] in {"5", "6", "7", "8", "9"}
 
 
-def test_compare_and_tune_run_the_plugins_in_their_own_processes(text_config, write_config, tmp_path, monkeypatch):
+def test_compare_and_tune_run_the_plugins_in_their_own_processes(write_config, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(HERE))  # compare's processes import test_plugins like this one
-    config = write_config(plugin_config(text_config))
+    config = write_config(plugin_config())
     output = tmp_path / "compared"
     assert main(["compare", str(config), "--strategies", "top-blocks,full", "-o", str(output), "-q"]) == 0
     rows = {row["strategy"]: row for row in json.loads((output / "comparison.json").read_text())["rows"]}
@@ -134,20 +141,25 @@ def test_compare_and_tune_run_the_plugins_in_their_own_processes(text_config, wr
     assert rows["top-blocks"]["lr"] == 2 * rows["full"]["lr"]  # its own rate factor
     assert set(rows["full"]["validation"]) == {"loss", "accuracy", "margin"}
 
-    tune = plugin_config(text_config) | {"tune": {"space": {"strategy.top-blocks.blocks": {"choices": [1, 2]}}}}
+    tune = plugin_config() | {"tune": {"space": {"strategy.top-blocks.blocks": {"choices": [1, 2]}}}}
     assert (
         main(["tune", str(write_config(tune, "tune.yaml")), "--trials", "2", "-o", str(tmp_path / "tuned"), "-q"]) == 0
     )
     study = json.loads((tmp_path / "tuned" / "tune.json").read_text())
-    assert study["metric"] == "margin"
-    assert sorted(trial["params"]["strategy.top-blocks.blocks"] for trial in study["trials"]) == [1, 2]
+    assert study["objectives"] == ["margin"] and study["directions"] == ["maximize"]
+    for trial in study["trials"]:  # each trial ran the blocks it was given
+        ran = json.loads((Path(trial["run_dir"]) / "results.json").read_text())
+        assert ran["strategy_details"] == {"blocks": trial["params"]["strategy.top-blocks.blocks"]}
 
 
-def test_a_plugin_section_is_checked_by_its_strategy(text_config, write_config, tmp_path, capsys):
-    bad = plugin_config(text_config)
+def test_a_plugin_section_is_checked_by_its_strategy(write_config, tmp_path, capsys):
+    bad = plugin_config()
     bad["strategy"] = {"name": "top-blocks", "top-blocks": {"block": 1}}
     assert main(["train", str(write_config(bad)), "-o", str(tmp_path / "run"), "-q"]) == 2
-    assert "top-blocks.block" in capsys.readouterr().err
+    assert "unknown key 'strategy.top-blocks.block'; allowed here: blocks" in capsys.readouterr().err
+    bad["strategy"] = {"name": "top-blocks", "top-blocks": {"blocks": 0}}
+    assert main(["train", str(write_config(bad)), "-o", str(tmp_path / "run"), "-q"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'run.yaml'}: strategy.top-blocks.blocks: Input")
     bad["strategy"] = {"name": "full", "nothing": {}}
     assert main(["train", str(write_config(bad)), "-o", str(tmp_path / "run"), "-q"]) == 2
     assert "unknown key 'strategy.nothing'" in capsys.readouterr().err

@@ -241,7 +241,10 @@ class StrategyConfig(Section):
                 allowed = ", ".join([*type(self).model_fields, *(n for n, s in strategies().items() if s.section)])
                 raise ValueError(f"unknown key 'strategy.{key}'; allowed here: {allowed}")
             if not isinstance(value, section):
-                self.__pydantic_extra__[key] = section.model_validate(value or {})
+                try:
+                    self.__pydantic_extra__[key] = section.model_validate(value or {})
+                except ValidationError as error:
+                    raise ValueError(_plugin_error(error, key, section)) from None
         return self
 
     def section(self, name: str):
@@ -914,9 +917,20 @@ def describe_error(error: ValidationError) -> str:
     if kind == "missing":
         return f"missing required key '{path}'"
     message = first["msg"].removeprefix("Value error, ")
+    if message.startswith(("unknown key '", f"{path}.")):  # a section checked by its owner names the whole path
+        return message
     given = first.get("input")
     shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
     return f"{path}: {message}{shown}" if path else f"{message}{shown}"
+
+
+def _plugin_error(error: ValidationError, strategy: str, section: type[BaseModel]) -> str:
+    """The first problem in a plugin strategy's own section, with the whole key path."""
+    first = error.errors()[0]
+    path = ".".join(["strategy", strategy, *(str(part) for part in first["loc"])])
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{path}'; allowed here: {', '.join(section.model_fields)}"
+    return f"{path}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def _clean_path(loc: tuple) -> str:

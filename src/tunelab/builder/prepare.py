@@ -59,7 +59,7 @@ def prepare_run(config: RunConfig, accelerator, warn) -> PreparedRun:
     kept) until the range test sets them."""
     task = get_task(config)
     raw = read_data(config)
-    data_warnings = quick_checks(raw.splits)
+    data_warnings = quick_checks(raw.splits, classes=task.has_classes)
     for line in data_warnings:
         warn(line)
     loaded = load_model(config, raw.labels, raw.channels)

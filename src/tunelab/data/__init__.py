@@ -140,8 +140,9 @@ def _reader_for(config: RunConfig):
 
 def _read_digits(config: RunConfig) -> RawData:
     data = config.data
-    if config.task != "image-classification":  # the data names its task, not the other way round
-        raise UserError("data.train: the built-in 'digits' needs task: image-classification")
+    task = get_task(config)
+    if task.reads(config) != "image" or not task.has_classes:  # the data names its task's kind
+        raise UserError(f"data.train: the built-in 'digits' is labelled images; task: {config.task} reads no such rows")
     for role in ("validation", "test"):
         if getattr(data, role):
             raise UserError(f"data.{role}: the built-in 'digits' makes its own splits; remove this key")

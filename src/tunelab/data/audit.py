@@ -334,9 +334,10 @@ def warnings(report: dict) -> list[str]:
     return said
 
 
-def quick_checks(splits: dict) -> list[str]:
+def quick_checks(splits: dict, classes: bool = True) -> list[str]:
     """The cheap part of the audit, run before every training run: train rows repeated in
-    validation or test, and heavy class imbalance. ``splits`` maps role -> RawSplit."""
+    validation or test, and (for a task with ``classes``) heavy class imbalance. ``splits`` maps
+    role -> RawSplit."""
     said = []
     train = splits.get("train")
     if train is None or len(train.inputs) == 0 or not isinstance(train.inputs[0], str | tuple | Path):
@@ -351,7 +352,8 @@ def quick_checks(splits: dict) -> list[str]:
                     f"leakage: {leaked} of {len(splits[role].inputs)} {role} rows also appear in train, "
                     "so their scores overstate what the model learned (`tunelab audit` lists them)"
                 )
-    said += _imbalance_warning("train", imbalance_ratio(Counter(train.labels)))
+    if classes:
+        said += _imbalance_warning("train", imbalance_ratio(Counter(train.labels)))
     return said
 
 

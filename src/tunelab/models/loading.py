@@ -33,6 +33,7 @@ TUNELAB_META = "tunelab.json"
 LABEL_MAP = "label_map.json"
 BUILD_KEYWORDS = {"num_labels", "in_channels"}
 BUILTIN_MODULES: dict[str, Callable[..., nn.Module]] = {"cnn": DemoCNN}
+PRETRAINED_BUILTINS = {"digits-cnn": "cnn"}  # a saved fine-tune of one rebuilds this architecture
 DROPOUT_CONFIG_KEYS = (
     "hidden_dropout_prob",
     "attention_probs_dropout_prob",
@@ -411,7 +412,7 @@ def _saved_module(folder: Path, labels) -> LoadedModel:
         raise UserError(f"{folder / TUNELAB_META}: init_kwargs may only hold integer {sorted(BUILD_KEYWORDS)}")
     if "num_labels" in init_kwargs:
         init_kwargs["num_labels"] = len(labels)
-    builder = BUILTIN_MODULES.get(meta["source"])
+    builder = BUILTIN_MODULES.get(PRETRAINED_BUILTINS.get(meta["source"], meta["source"]))
     if builder is None:
         module_name, _, function_name = meta["source"].partition(":")
         builder = getattr(importlib.import_module(module_name), function_name)

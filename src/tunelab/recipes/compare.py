@@ -105,7 +105,7 @@ def run_compare(config: RunConfig, names: list[str], output: Path, console: Cons
             row = _run_one(name, run_config, config_file, output / name)
         rows.append(row)
         if progress:
-            console.print(_one_line(row))
+            console.print(_one_line(row, config.train.metric))
     summary = {"metric": config.train.metric, "rows": rows}
     write_json(output / COMPARISON, summary)
     from tunelab.report.compare import write_comparison_report
@@ -158,9 +158,9 @@ def _error_line(stderr: str) -> str:
     return (errors or lines or ["failed without a message"])[-1].removeprefix("error: ")
 
 
-def _one_line(row: dict) -> str:
+def _one_line(row: dict, metric: str) -> str:
     if "error" in row and "validation" not in row:
         return f"  [red]failed:[/] {row['error']}"
-    accuracy = row["validation"].get("accuracy")
-    shown = f"validation accuracy {accuracy:.4f}, " if accuracy is not None else ""
+    value = row["validation"].get(metric)
+    shown = f"validation {metric} {value:.4f}, " if value is not None else ""
     return f"  {shown}{row['trainable_percent']:.2f}% trainable, {row['train_seconds']:.1f} s"
