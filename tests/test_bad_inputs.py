@@ -101,7 +101,7 @@ SCHEMA_CASES = {
     "invalid-optimizer": ({"optim.name": "adamx"}, ["optim.name", "adamx"]),
     "invalid-schedule": ({"schedule.name": "step"}, ["schedule.name", "'step'"]),
     "planned-task": ({"task": "causal-lm"}, ["causal-lm", "planned", "text-classification"]),
-    "unknown-task": ({"task": "regression"}, ["task", "regression"]),
+    "unknown-task": ({"task": "regresion"}, ["task", "regresion", "choose from", "regression"]),
     "missing-data-train": ({"data.train": DELETE}, ["data.train"]),
     "section-not-mapping": ({"optim": 5}, ["optim"]),
     "betas-too-short": ({"optim.betas": [0.9]}, ["optim.betas", "too few items"]),

@@ -322,6 +322,9 @@ class EarlyStoppingConfig(Section):
     min_delta: float = Field(0.0, ge=0.0)
 
 
+MAX_WORKERS = 1024  # threads or dataloader processes in one run
+
+
 class TrainConfig(Section):
     epochs: int = Field(3, ge=1)
     max_steps: int | None = Field(
@@ -387,6 +390,8 @@ class TrainConfig(Section):
         least, unit = {"dataloader_workers": (0, "worker processes"), "threads": (1, "threads")}[info.field_name]
         if isinstance(value, int) and value < least:
             raise ValueError(f"must be auto or {least} or more {unit}")
+        if isinstance(value, int) and value > MAX_WORKERS:  # torch and the OS refuse such counts with a traceback
+            raise ValueError(f"must be auto or at most {MAX_WORKERS} {unit}")
         return value
 
     @field_validator("eval_every", "checkpoint_every")
