@@ -138,7 +138,9 @@ def test_two_processes_build_the_cached_pretrained_cnn(write_config, tmp_path):
 def test_only_the_main_process_prepares_the_run_directory(text_config, write_config, tmp_path, monkeypatch):
     """Every torchrun process runs ``cmd_train``; a second one checking, clearing (--overwrite) and
     creating the directory at the same time as rank 0 raced it (each deleting the other's files)."""
-    import tunelab.builder
+    from types import SimpleNamespace
+
+    import tunelab.builder.fresh
     import tunelab.cli
 
     run_dir = tmp_path / "existing"
@@ -147,7 +149,8 @@ def test_only_the_main_process_prepares_the_run_directory(text_config, write_con
     (run_dir / "results.json").write_text("{}\n")
     seen = []
     monkeypatch.setattr(tunelab.cli, "_is_main_process", lambda: False)
-    monkeypatch.setattr(tunelab.builder, "run_training", lambda _, folder, *a, **k: seen.append(folder) or {})
+    monkeypatch.setattr(tunelab.builder.fresh, "process_state", lambda: SimpleNamespace(is_main_process=False))
+    monkeypatch.setattr(tunelab.builder.fresh, "run_training", lambda _, folder, *a, **k: seen.append(folder) or {})
     config = write_config(text_config)
     assert tunelab.cli.main(["train", str(config), "--output", str(run_dir), "--overwrite", "--quiet"]) == 0
     assert seen == [run_dir]

@@ -189,10 +189,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> dict:
-    from tunelab.builder import run_training
+    from tunelab.builder.fresh import train_into
     from tunelab.config import load_config
-    from tunelab.engine.interrupt import Interrupted
-    from tunelab.rundir import finish_run_dir, prepare_run_dir, replaces_a_run
 
     if args.resume:
         return _resume(args)
@@ -202,24 +200,8 @@ def cmd_train(args) -> dict:
         raise UserError("train: give a config file (CONFIG) or --resume RUN_DIR")
     config = load_config(args.config, args.overrides)
     output = args.output or config.output_dir or f"runs/{Path(args.config).stem}"
-    # Under torchrun every process runs this; only one may check, set aside (--overwrite) and
-    # create the directory, or they race and delete each other's files.
-    main_process = _is_main_process()
-    with holding(output, main_process):
-        run_dir = prepare_run_dir(output, args.overwrite) if main_process else Path(output)
-        succeeded = False
-        try:
-            progress = not (args.quiet or args.json)
-            results = run_training(config, run_dir, stderr, progress=progress, interruptible=True)
-            succeeded = True
-        except Interrupted as interrupt:
-            if main_process and replaces_a_run(run_dir):  # put back below: its checkpoint goes with it
-                stopped = str(interrupt).split(";")[0]
-                raise Interrupted(f"{stopped}; {run_dir} holds the run it was replacing again") from None
-            raise
-        finally:
-            if main_process:  # a failed run never costs the user the run it was replacing
-                finish_run_dir(run_dir, succeeded)
+    progress = not (args.quiet or args.json)
+    run_dir, results = train_into(config, output, args.overwrite, stderr, progress=progress, interruptible=True)
     return _report_training(args, run_dir, results)
 
 

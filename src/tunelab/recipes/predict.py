@@ -8,20 +8,26 @@ from pathlib import Path
 import torch
 
 from tunelab.builder.runtime import quiet_libraries
+from tunelab.config import load_config
 from tunelab.data.images import open_image
 from tunelab.data.prepare import prepared_input
 from tunelab.data.readers import IMAGE_SUFFIXES, not_a_regular_file, read_table, require_columns
 from tunelab.errors import UserError
 from tunelab.evaluate import output_logits
 from tunelab.recipes.evaluate import load_run
+from tunelab.rundir import CONFIG
 from tunelab.tasks import get_task
 
 BATCH = 64
 
 
-def run_prediction(run_dir: Path, input_path: str | None, texts: list[str] | None) -> list[dict]:
+def run_prediction(run_dir: Path, input_path: str | None, texts: list[str] | None, loaded=None) -> list[dict]:
+    """Predictions for texts or a file, by the run's model (``loaded``: that model, already read)."""
     quiet_libraries()
-    config, loaded = load_run(run_dir)
+    if loaded is None:
+        config, loaded = load_run(run_dir)
+    else:
+        config = load_config(Path(run_dir) / CONFIG)
     task = get_task(config)
     if task.reads(config) == "text":
         pair_column = config.data.text_pair_column
