@@ -481,7 +481,6 @@ def run_paired(scenario: str, paths: dict) -> dict:
     from tunelab.engine.schedules import build_scheduler
     from tunelab.models.builtin import build_cached
 
-
     like, steps = PAIRED[scenario]
     settings = tunelab_config(like, paths)
     settings["train"] |= {"max_steps": steps}
