@@ -171,7 +171,3 @@ def _evaluation_sets(data: PreparedData, config: RunConfig) -> tuple[dict, dict]
             groups["train"] = [groups["train"][i] for i in chosen]
     return sets, groups
 
-
-def evaluation_loaders(datasets: dict, config: RunConfig, collate) -> dict:
-    """Unprepared loaders for splits scored outside the run's Accelerator (int8 models, on the CPU)."""
-    return {name: eval_loader(ds, config.train.eval_batch_size, collate) for name, ds in datasets.items()}

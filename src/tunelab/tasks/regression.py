@@ -64,7 +64,6 @@ def numbers(labels: list, column: str, where: str) -> list[float]:
         try:
             value = float(str(label).strip())
         except ValueError:
-            value = math.nan
             shown = repr(label) if len(repr(label)) <= 40 else repr(label)[:37] + "..."
             raise UserError(
                 f"{where}: column '{column}' holds {shown} at data row {row}; a regression target is a number"
