@@ -57,7 +57,8 @@ class Run:
         if (texts is None) == (input is None):
             raise ValueError("predict: give texts or input=, not both")
         texts = [texts] if isinstance(texts, str) else texts
-        return run_prediction(self.run_dir, str(input) if input is not None else None, texts, loaded=self.model)
+        path = str(input) if input is not None else None
+        return run_prediction(self.run_dir, path, texts, opened=(self.config, self.model))
 
     def evaluate(self, data: str | Path | None = None) -> dict:
         """What ``tunelab eval`` prints: metrics of the run's own splits, or of a labelled file."""

@@ -147,14 +147,20 @@ FORGETTING_METHODS = ("ewc", "l2sp", "lwf", "replay")
 def run_parts(name: str) -> tuple[str, list[str]]:
     """``full+ewc+replay`` -> ("full", ["ewc", "replay"]); ValueError naming what is unknown."""
     strategy, *methods = [part.strip() for part in name.split("+")]
-    if strategy not in strategies():
-        raise ValueError(f"'{strategy}' is not a strategy; choose from {', '.join(strategies())}")
+    known_strategy(strategy)
     unknown = [method for method in methods if method not in FORGETTING_METHODS]
     if unknown:
         raise ValueError(
             f"'{unknown[0]}' (in {name}) is not a forgetting method; choose from {', '.join(FORGETTING_METHODS)}"
         )
     return strategy, methods
+
+
+def known_strategy(name: str) -> str:
+    """``name``, or ValueError listing the registered strategies."""
+    if name not in strategies():
+        raise ValueError(f"'{name}' is not a strategy; choose from {', '.join(strategies())}")
+    return name
 
 
 def wraps_with_peft(strategy: str) -> bool:
@@ -229,9 +235,7 @@ class StrategyConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        if value not in strategies():
-            raise ValueError(f"'{value}' is not a strategy; choose from {', '.join(strategies())}")
-        return value
+        return known_strategy(value)
 
     @model_validator(mode="after")
     def _plugin_sections(self) -> StrategyConfig:

@@ -170,4 +170,3 @@ def _evaluation_sets(data: PreparedData, config: RunConfig) -> tuple[dict, dict]
         if "train" in groups:
             groups["train"] = [groups["train"][i] for i in chosen]
     return sets, groups
-

@@ -8,26 +8,22 @@ from pathlib import Path
 import torch
 
 from tunelab.builder.runtime import quiet_libraries
-from tunelab.config import load_config
 from tunelab.data.images import open_image
 from tunelab.data.prepare import prepared_input
 from tunelab.data.readers import IMAGE_SUFFIXES, not_a_regular_file, read_table, require_columns
 from tunelab.errors import UserError
 from tunelab.evaluate import output_logits
 from tunelab.recipes.evaluate import load_run
-from tunelab.rundir import CONFIG
 from tunelab.tasks import get_task
 
 BATCH = 64
 
 
-def run_prediction(run_dir: Path, input_path: str | None, texts: list[str] | None, loaded=None) -> list[dict]:
-    """Predictions for texts or a file, by the run's model (``loaded``: that model, already read)."""
+def run_prediction(run_dir: Path, input_path: str | None, texts: list[str] | None, opened=None) -> list[dict]:
+    """Predictions for texts or a file, by the run's model (``opened``: the run's config and model,
+    already read, as :func:`load_run` gives them)."""
     quiet_libraries()
-    if loaded is None:
-        config, loaded = load_run(run_dir)
-    else:
-        config = load_config(Path(run_dir) / CONFIG)
+    config, loaded = opened or load_run(run_dir)
     task = get_task(config)
     if task.reads(config) == "text":
         pair_column = config.data.text_pair_column
