@@ -477,7 +477,7 @@ def run_paired(scenario: str, paths: dict) -> dict:
     from tunelab.engine.callbacks import Callback, TrainState
     from tunelab.engine.data_loading import EpochShuffleSampler
     from tunelab.engine.lean import stepped_optimizer
-    from tunelab.engine.loop import fit
+    from tunelab.engine.loop import Trainee, fit
     from tunelab.engine.schedules import build_scheduler
     from tunelab.models.builtin import build_cached
 
@@ -506,10 +506,9 @@ def run_paired(scenario: str, paths: dict) -> dict:
     def tunelab_block() -> float:
         clock, schedule = Clock(), build_scheduler(optimizer, config.schedule, 10**6)
         state = TrainState(total_steps=steps, steps_per_epoch=len(run.train_dl))
-        fit(
-            model, run.optimizer, schedule, run.train_dl, run.task.loss_function(), dict, accelerator, config.train,
-            [run.strategy, clock], run.strategy.train_mode, run.sampler, state,
-        )  # fmt: skip
+        trainee = Trainee(model, run.optimizer, schedule, run.train_dl, run.task.loss_function(),
+                          run.strategy.train_mode, sampler=run.sampler)  # fmt: skip
+        fit(trainee, accelerator, config.train, [run.strategy, clock], state)
         assert state.step == steps
         return clock.seconds / steps
 

@@ -346,7 +346,7 @@ def test_ctrl_c_on_an_overwrite_run_puts_the_earlier_run_back_and_says_so(tmp_pa
 
     fit = train_recipe.fit
     monkeypatch.setattr(
-        train_recipe, "fit", lambda *args, **kwargs: fit(*args[:8], [CtrlC(), *args[8]], *args[9:], **kwargs)
+        train_recipe, "fit", lambda *args, **kwargs: fit(*args[:3], [CtrlC(), *args[3]], *args[4:], **kwargs)
     )
     capsys.readouterr()
     assert main(["train", str(config), "-o", str(tmp_path / "run"), "--overwrite", "-q"]) == 130

@@ -26,7 +26,7 @@ from tunelab.engine.checkpoint import Checkpointer, complete_checkpoints, load_l
 from tunelab.engine.data_loading import eval_loader
 from tunelab.engine.interrupt import stopping_at_step_boundary
 from tunelab.engine.lean import stepped_optimizer
-from tunelab.engine.loop import fit
+from tunelab.engine.loop import Trainee, fit
 from tunelab.engine.schedules import build_scheduler
 from tunelab.errors import UserError
 from tunelab.evaluate import evaluate_split, evaluate_splits
@@ -264,18 +264,21 @@ def train(training: Training, callbacks: tuple = (), interruptible: bool = False
     score = run.score()
     processes = accelerator.num_processes if interruptible else 0  # 0: leave Ctrl-C as it is
     with stopping_at_step_boundary(checkpointer, len(run.train_dl), processes) as on_interrupt:
-        training.state = fit(
+        trainee = Trainee(
             run.model,
             run.optimizer,
             training.scheduler,
             run.train_dl,
             training.loss_fn,
+            run.strategy.train_mode,
             lambda: evaluate_split(run.model, run.eval_dls["validation"], accelerator, score),
+            run.sampler,
+        )
+        training.state = fit(
+            trainee,
             accelerator,
             config.train,
             callbacks + on_interrupt,  # last: it sees the step after every other callback has
-            run.strategy.train_mode,
-            run.sampler,
             training.state,
             resume_rng=training.restored["rng"] if training.restored else None,
         )

@@ -26,7 +26,7 @@ from tunelab.continual.tasks import Task
 from tunelab.engine.callbacks import ProgressBar
 from tunelab.engine.data_loading import OnDevice, eval_loader, to_device, train_loader
 from tunelab.engine.lean import stepped_optimizer
-from tunelab.engine.loop import fit
+from tunelab.engine.loop import Trainee, fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
 from tunelab.evaluate import evaluate_split, model_inputs, output_logits
@@ -107,8 +107,10 @@ class Sequence:
         scheduler = build_scheduler(stepped_optimizer(optimizer, self.accelerator), config.schedule, total_steps)
         bar = ProgressBar(console, console is not None, config.train.metric)
         train = config.train.model_copy(update={"eval_every": 10**9, "early_stopping": None})
-        fit(self.model, optimizer, scheduler, loader, self.loss_for(index), dict, self.accelerator, train, [bar],
-            strategy.train_mode, sampler)  # fmt: skip
+        trainee = Trainee(
+            self.model, optimizer, scheduler, loader, self.loss_for(index), strategy.train_mode, sampler=sampler
+        )
+        fit(trainee, self.accelerator, train, [bar])
 
     def score_all(self) -> list[float]:
         """Accuracy on every task's scored split, each through its own head (or the shared one)."""
