@@ -9,7 +9,9 @@ import torch
 import yaml
 
 from tunelab.cli import main
-from tunelab.compress.distill import DistillationLoss, every_kth_layer
+from tunelab.compress.distill import distillation_terms, every_kth_layer
+from tunelab.loss import TrainingLoss
+from tunelab.tasks.classification import Classification
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,8 @@ def test_distillation_from_an_identical_teacher_is_only_the_label_loss():
     torch.manual_seed(0)
     student = Tiny()
     settings = type("Settings", (), {"alpha": 0.7, "temperature": 2.0, "hidden": 0.0})()
-    loss = DistillationLoss(copy.deepcopy(student), settings)
+    terms = distillation_terms(copy.deepcopy(student), settings)
+    loss = TrainingLoss(Classification(), terms, task_weight=1 - settings.alpha)
     batch = {"x": torch.randn(6, 4), "labels": torch.randint(0, 3, (6,))}
     hard = torch.nn.functional.cross_entropy(student(batch["x"]), batch["labels"])
     assert loss(student, batch).item() == pytest.approx(0.3 * hard.item(), rel=1e-5)  # the KL term is zero

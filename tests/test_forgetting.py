@@ -15,9 +15,11 @@ from tunelab.cli import main
 from tunelab.config import validate
 from tunelab.forgetting.drift import linear_cka
 from tunelab.forgetting.heads import HeadTap
-from tunelab.forgetting.protect import ProtectedLoss
 from tunelab.forgetting.regularizers import WeightPull, diagonal_fisher, distillation_loss
 from tunelab.forgetting.replay import Replay, joined
+from tunelab.forgetting.terms import LearningWithoutForgetting
+from tunelab.loss import TrainingLoss
+from tunelab.tasks.classification import Classification
 
 RETAIN = {
     "name": "digits 0-4",
@@ -113,7 +115,8 @@ def test_lwf_with_a_copy_of_the_model_as_teacher_starts_at_zero():
     old_head = copy.deepcopy(model.head).requires_grad_(False)
     model.head = nn.Linear(6, 2)  # the new task's head
     lwf = validate({"data": {"train": "x"}, "forgetting": {"lwf": {}}}).forgetting.lwf
-    loss = ProtectedLoss(HeadTap(model, old_head), [], model, teacher=teacher, lwf=lwf)
+    lwf_term = LearningWithoutForgetting(teacher, HeadTap(model, old_head), lwf.strength, lwf.temperature)
+    loss = TrainingLoss(Classification(), [lwf_term])
     batch = {"x": torch.randn(8, 4), "labels": torch.randint(0, 2, (8,))}
     loss(model, batch)
     assert loss.last["lwf"].item() == pytest.approx(0.0, abs=1e-6)

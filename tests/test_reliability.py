@@ -26,10 +26,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import tunelab.engine.checkpoint as checkpoint_module
-import tunelab.tasks.base as task_base
 from tunelab.cli import main
 from tunelab.engine.callbacks import TrainState
 from tunelab.engine.checkpoint import CorruptCheckpoint, complete_checkpoints, verify
+from tunelab.loss import TrainingLoss
 
 DIGITS = {"train": "digits", "digits_classes": [0, 1, 2], "digits_train_per_class": 40}
 STEPS_PER_EPOCH = 15  # 120 training images in batches of 8
@@ -430,7 +430,7 @@ def poison(monkeypatch, how) -> None:
     "input" puts an inf pixel in the batch, so the forward pass itself overflows (BatchNorm
     statistics included); "loss" multiplies a finite loss by inf."""
     calls = []
-    original = task_base.BatchLoss.__call__
+    original = TrainingLoss.__call__
 
     def loss(self, model, batch):
         calls.append(len(calls) + 1)
@@ -441,20 +441,20 @@ def poison(monkeypatch, how) -> None:
         value = original(self, model, batch)
         return value * math.inf if way == "loss" else value
 
-    monkeypatch.setattr(task_base.BatchLoss, "__call__", loss)
+    monkeypatch.setattr(TrainingLoss, "__call__", loss)
 
 
 def poison_and_record(monkeypatch, how) -> list[float]:
     """``poison``, and the loss of every call (1-based, as ``how`` counts them) in the list returned."""
     poison(monkeypatch, how)
-    poisoned, losses = task_base.BatchLoss.__call__, []
+    poisoned, losses = TrainingLoss.__call__, []
 
     def recorded(self, model, batch):
         loss = poisoned(self, model, batch)
         losses.append(float(loss.detach()))
         return loss
 
-    monkeypatch.setattr(task_base.BatchLoss, "__call__", recorded)
+    monkeypatch.setattr(TrainingLoss, "__call__", recorded)
     return losses
 
 

@@ -657,12 +657,6 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _one_extra_loss(self) -> RunConfig:
-        if self.distill is not None and self.forgetting.methods:
-            raise ValueError("distill and forgetting methods each replace the loss; use one of them")
-        return self
-
-    @model_validator(mode="after")
     def _quantization_aware_fits(self) -> RunConfig:
         if not self.train.quantization_aware:
             return self

@@ -33,6 +33,7 @@ from tunelab.evaluate import evaluate_split, evaluate_splits
 from tunelab.evaluate.remembered import Remembered
 from tunelab.forgetting.setup import forgetting_results, setup_forgetting
 from tunelab.io import folder_megabytes, write_atomic, write_json
+from tunelab.loss import TrainingLoss
 from tunelab.models import save_model
 from tunelab.models.adapted import without_adapter
 from tunelab.models.builtin import build_cached
@@ -136,8 +137,8 @@ def start(config: RunConfig, run_dir: Path, console: Console | None, progress: b
 
 
 def protect(training: Training) -> None:
-    """The loss: the task's own, or with what keeps the base model's skills (forgetting methods),
-    or a teacher's (distillation); the callbacks whose state a checkpoint keeps."""
+    """The loss: the task's own plus the terms that keep the base model's skills (forgetting
+    methods) and a teacher's (distillation); the callbacks whose state a checkpoint keeps."""
     config, run, accelerator = training.config, training.run, training.accelerator
     # Measured before training, at most once per model and data: a rerun reads them from disk.
     shaping = {"task": config.task, "model": config.model.model_dump(), "strategy": config.strategy.model_dump()}
@@ -145,25 +146,23 @@ def protect(training: Training) -> None:
     training.remembered = Remembered(accelerator.unwrap_model(run.model), accelerator, config.evaluate.cache, shaping)
     with measured_as_float(run.model):
         training.forgetting = setup_forgetting(
-            config, run.loaded, run.model, accelerator, run.collate, run.data.datasets, training.class_weights,
-            training.remembered,
-        )  # fmt: skip
+            config, run.loaded, run.model, accelerator, run.collate, run.data.datasets, training.remembered
+        )
     forgetting = training.forgetting
-    if forgetting is not None and forgetting.loss is not None:
-        training.loss_fn = forgetting.loss
-    else:
-        training.loss_fn = run.task.loss_function(training.class_weights)
+    terms = list(forgetting.terms) if forgetting is not None else []
+    task_weight = 1.0
     if config.distill is not None:
-        training.loss_fn = _distillation(config, run, accelerator, training.class_weights)
+        terms += _distillation(config, run, accelerator)
+        task_weight = 1 - config.distill.alpha
+    pad_token_id = getattr(run.loaded.tokenizer, "pad_token_id", 0) or 0  # for replayed rows
+    training.loss_fn = TrainingLoss(run.task, terms, training.class_weights, task_weight, pad_token_id)
     if config.train.early_stopping:
         stopping = config.train.early_stopping
         lower = config.train.metric in run.task.lower_is_better
         training.early_stopping = EarlyStopping(config.train.metric, stopping.patience, stopping.min_delta, lower)
-    training.stateful = {"strategy": run.strategy}
+    training.stateful = {"strategy": run.strategy, "loss": training.loss_fn}  # the loss: where replay has got to
     if training.early_stopping:
         training.stateful["early_stopping"] = training.early_stopping
-    if training.loss_fn is getattr(forgetting, "loss", None):
-        training.stateful["forgetting"] = training.loss_fn  # where replay has got to
 
 
 def schedule(training: Training) -> None:
@@ -376,9 +375,9 @@ def _warner(console: Console, main: bool):
     return warn
 
 
-def _distillation(config: RunConfig, run: PreparedRun, accelerator, class_weights):
-    """The teacher run's model, frozen beside the student, in the loss."""
-    from tunelab.compress.distill import DistillationLoss
+def _distillation(config: RunConfig, run: PreparedRun, accelerator) -> list:
+    """The teacher run's model, frozen beside the student, as terms of the loss."""
+    from tunelab.compress.distill import distillation_terms
     from tunelab.forgetting.heads import HeadTap
     from tunelab.models import load_saved_model
     from tunelab.rundir import existing_run
@@ -388,7 +387,7 @@ def _distillation(config: RunConfig, run: PreparedRun, accelerator, class_weight
     taps = (None, None)
     if config.distill.hidden > 0:
         taps = (HeadTap(accelerator.unwrap_model(run.model)), HeadTap(teacher))
-    return DistillationLoss(teacher, config.distill, *taps, weights=class_weights)
+    return distillation_terms(teacher, config.distill, *taps)
 
 
 def _converted(model, run: PreparedRun, config: RunConfig) -> tuple[dict, object, dict]:

@@ -18,6 +18,7 @@ from torch import nn
 from tunelab.errors import UserError
 from tunelab.evaluate import model_inputs, output_logits
 from tunelab.forgetting.regularizers import distillation_loss
+from tunelab.loss import ForwardPass, LossTerm
 from tunelab.strategies.anatomy import anatomy
 
 
@@ -53,27 +54,57 @@ def _configs(model: nn.Module) -> list:
     ]
 
 
-class DistillationLoss:
-    """``alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE(labels)``, plus ``hidden`` times the
-    mean squared distance between the two models' head inputs when their shapes agree."""
+def distillation_terms(teacher: nn.Module, settings, student_tap=None, teacher_tap=None) -> list[LossTerm]:
+    """The terms a teacher adds to the loss (``tunelab.loss``): ``alpha`` times its softened outputs'
+    KL, and ``hidden`` times the distance between the two models' head inputs when both taps are
+    given. The task's own loss then weighs ``1 - alpha``."""
+    teacher = teacher.requires_grad_(False).eval()
+    terms = [TeacherOutputs(teacher, settings.alpha, settings.temperature, teacher_tap)]
+    if settings.hidden > 0 and student_tap is not None:
+        terms.append(TeacherFeatures(teacher, settings.hidden, student_tap, teacher_tap))
+    return terms
 
-    def __init__(self, teacher: nn.Module, settings, student_tap=None, teacher_tap=None, weights=None):
-        self.teacher = teacher.requires_grad_(False).eval()
-        self.settings, self.weights = settings, weights
-        self.student_tap, self.teacher_tap = student_tap, teacher_tap
 
-    def __call__(self, model, batch: dict) -> torch.Tensor:
-        inputs = model_inputs(batch)
-        settings = self.settings
-        with self.student_tap or contextlib.nullcontext():
-            student = output_logits(model(**inputs)).float()
-        with torch.no_grad(), self.teacher_tap or contextlib.nullcontext():
-            teacher = output_logits(self.teacher(**inputs)).float()
-        weights = None if self.weights is None else self.weights.to(student.device)
-        hard = F.cross_entropy(student, batch["labels"], weight=weights)
-        loss = settings.alpha * distillation_loss(student, teacher, settings.temperature) + (1 - settings.alpha) * hard
-        if settings.hidden > 0 and self.student_tap is not None:
-            mine, theirs = self.student_tap.features, self.teacher_tap.features
-            if mine.shape == theirs.shape:
-                loss = loss + settings.hidden * F.mse_loss(mine.float(), theirs.float())
-        return loss
+def _teacher_logits(forward: ForwardPass, teacher: nn.Module, tap) -> torch.Tensor:
+    """The teacher's outputs on the batch's own rows, computed once a pass (its tap records its features)."""
+
+    def compute():
+        with torch.no_grad(), tap or contextlib.nullcontext():
+            return output_logits(teacher(**model_inputs(forward.batch))).float()
+
+    return forward.once("teacher", compute)
+
+
+class TeacherOutputs(LossTerm):
+    """``T^2 * KL(teacher || student)`` on the softened outputs (Hinton et al., 2015)."""
+
+    name = "distill"
+
+    def __init__(self, teacher: nn.Module, alpha: float, temperature: float, tap=None):
+        super().__init__(alpha)
+        self.teacher, self.temperature, self.tap = teacher, temperature, tap
+
+    def value(self, forward: ForwardPass) -> torch.Tensor:
+        teacher = _teacher_logits(forward, self.teacher, self.tap)
+        return distillation_loss(forward.logits[: forward.rows].float(), teacher, self.temperature)
+
+
+class TeacherFeatures(LossTerm):
+    """The mean squared distance between the student's and the teacher's head inputs, None when
+    their shapes differ (a student of another width)."""
+
+    name = "distill_features"
+
+    def __init__(self, teacher: nn.Module, weight: float, student_tap, teacher_tap):
+        super().__init__(weight)
+        self.teacher, self.student_tap, self.teacher_tap = teacher, student_tap, teacher_tap
+
+    def watching(self):
+        return self.student_tap
+
+    def value(self, forward: ForwardPass) -> torch.Tensor | None:
+        _teacher_logits(forward, self.teacher, self.teacher_tap)  # its tap records the features
+        mine, theirs = self.student_tap.features[: forward.rows], self.teacher_tap.features
+        if mine.shape != theirs.shape:
+            return None
+        return F.mse_loss(mine.float(), theirs.float())

@@ -16,30 +16,31 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
+from tunelab.config import EwcSection, LwfSection, ReplaySection
 from tunelab.continual.heads import HeadSwitch, install
 from tunelab.continual.metrics import summarise
 from tunelab.continual.tasks import Task
+from tunelab.continual.terms import EarlierHeads, MemoryReplay
 from tunelab.engine.callbacks import ProgressBar
-from tunelab.engine.data_loading import OnDevice, eval_loader, to_device, train_loader
+from tunelab.engine.data_loading import OnDevice, eval_loader, train_loader
 from tunelab.engine.lean import stepped_optimizer
 from tunelab.engine.loop import Trainee, fit
 from tunelab.engine.optim import build_optimizer
 from tunelab.engine.schedules import build_scheduler
-from tunelab.evaluate import evaluate_split, model_inputs, output_logits
-from tunelab.forgetting.regularizers import WeightPull, diagonal_fisher, distillation_loss
-from tunelab.forgetting.replay import joined
+from tunelab.evaluate import evaluate_split, output_logits
+from tunelab.forgetting.regularizers import WeightPull, diagonal_fisher
+from tunelab.forgetting.terms import Pull
 from tunelab.io import give_usual_permissions, write_json
+from tunelab.loss import TrainingLoss
 from tunelab.models import load_model
 from tunelab.strategies import build_strategy
 from tunelab.strategies.anatomy import anatomy
 from tunelab.tasks import get_task
 
 STATE = "state.json"
-EWC_DEFAULT_STRENGTH = 1000.0
 
 
 class Sequence:
@@ -151,80 +152,22 @@ class Sequence:
 
     # -- the loss ---------------------------------------------------------------------------------
 
-    def loss_for(self, index: int):
+    def loss_for(self, index: int) -> TrainingLoss:
+        """The task's loss plus the method's terms, each set as the run's forgetting sections say."""
         settings = self.config.forgetting
-        ewc = None
-        if "ewc" in self.parts and self.fisher:
-            strength = settings.ewc.strength if settings.ewc else EWC_DEFAULT_STRENGTH
-            ewc = WeightPull(self.anchor, strength, self.fisher)
-        replay_rows = (
-            [(task, row) for task, rows in self.memory.items() for row in rows] if "replay" in self.parts else []
-        )
-        fraction = settings.replay.fraction if settings.replay else 1.0
-        per_batch = max(1, round(fraction * self.config.train.batch_size))
-        lwf = settings.lwf or None
-        temperature = lwf.temperature if lwf else 2.0
-        lwf_strength = lwf.strength if lwf else 1.0
-        draws = {"count": 0}
-        old = list(range(index))
-
-        def loss(model, batch):
-            labels = batch["labels"]
-            inputs = model_inputs(batch)
-            new_rows = len(labels)
-            chosen = []
-            if replay_rows:
-                generator = torch.Generator().manual_seed(self.config.seed * 100_003 + index * 10_007 + draws["count"])
-                draws["count"] += 1
-                picks = torch.randint(len(replay_rows), (per_batch,), generator=generator).tolist()
-                chosen = [replay_rows[i] for i in picks]
-                replayed = self.collate([self.tasks[t].datasets["train"][row] for t, row in chosen])
-                replayed = to_device(replayed, labels.device)
-                inputs = joined(inputs, model_inputs(replayed), self._pad_id())
-            outputs = output_logits(model(**inputs))
-            total = F.cross_entropy(outputs[:new_rows].float(), labels)
-            if chosen:
-                total = total + self._replay_loss(outputs, new_rows, chosen, replayed["labels"])
-            if self.teacher is not None and old:
-                total = total + lwf_strength * self._distilled(batch, new_rows, old, index, temperature)
-            if ewc is not None:
-                total = total + ewc(self.model).to(total.device)
-            return total
-
-        return loss
-
-    def _replay_loss(self, outputs, new_rows: int, chosen: list, labels: torch.Tensor) -> torch.Tensor:
-        if self.class_incremental:  # one head: the replayed rows' logits are in the output already
-            return F.cross_entropy(outputs[new_rows:].float(), labels)
-        features = self.switch.features[new_rows:]
-        losses = []
-        for task in sorted({t for t, _ in chosen}):
-            rows = [i for i, (t, _) in enumerate(chosen) if t == task]
-            logits = self.switch.heads[self.key(task)](features[rows])
-            losses.append(F.cross_entropy(logits.float(), labels[rows], reduction="sum"))
-        return torch.stack(losses).sum() / len(chosen)
-
-    def _distilled(self, batch, new_rows: int, old: list[int], index: int, temperature: float) -> torch.Tensor:
-        """LwF: the old tasks' outputs on the new rows kept close to the model's before this task."""
-        inputs = model_inputs(batch)
-        features = self.switch.features[:new_rows]
-        with torch.no_grad():
-            teacher_out = output_logits(self.teacher(**inputs))
-            teacher_switch = _switch_of(self.teacher)
-        if self.class_incremental:
-            seen = sorted({self.tasks[t].labels.label2id[n] for t in old for n in self.tasks[t].raw.labels.names})
-            student = self.switch.heads["all"](features)[:, seen]
-            return distillation_loss(student, teacher_out[:, seen], temperature)
         terms = []
-        for task in old:
-            head = self.key(task)
-            with torch.no_grad():
-                target = teacher_switch.heads[head](teacher_switch.features)
-            terms.append(distillation_loss(self.switch.heads[head](features), target, temperature))
-        return torch.stack(terms).mean()
-
-    def _pad_id(self) -> int:
-        return getattr(self.loaded.tokenizer, "pad_token_id", 0) or 0
+        if "replay" in self.parts and self.memory:
+            replay = settings.replay or ReplaySection()
+            per_batch = max(1, round(replay.fraction * self.config.train.batch_size))
+            terms.append(MemoryReplay(self, index, per_batch, replay.weight))
+        if "lwf" in self.parts and self.teacher is not None and index > 0:
+            lwf = settings.lwf or LwfSection()
+            terms.append(EarlierHeads(self, self.teacher, list(range(index)), lwf.strength, lwf.temperature))
+        if "ewc" in self.parts and self.fisher:
+            pull = WeightPull(self.anchor, (settings.ewc or EwcSection()).strength, self.fisher)
+            terms.append(Pull("ewc", pull, self.model))
+        pad_token_id = getattr(self.loaded.tokenizer, "pad_token_id", 0) or 0
+        return TrainingLoss(get_task(self.config), terms, pad_token_id=pad_token_id)
 
     # -- results and state ------------------------------------------------------------------------
 
@@ -275,10 +218,6 @@ class Sequence:
         if "lwf" in self.parts and self.matrix:
             self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()
         return True
-
-
-def _switch_of(model) -> HeadSwitch:
-    return next(module for module in model.modules() if isinstance(module, HeadSwitch))
 
 
 def _save_tensors(tensors: dict, path: Path) -> None:

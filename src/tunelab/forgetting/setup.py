@@ -15,9 +15,9 @@ from tunelab.errors import UserError
 from tunelab.evaluate import collect_logits, evaluate_split
 from tunelab.forgetting.drift import linear_cka
 from tunelab.forgetting.heads import HeadTap, frozen_copy, head_module, head_name, own_head
-from tunelab.forgetting.protect import ProtectedLoss
 from tunelab.forgetting.regularizers import WeightPull, anchor_weights, diagonal_fisher
 from tunelab.forgetting.replay import Replay
+from tunelab.forgetting.terms import LearningWithoutForgetting, OldHeadReplay, Pull
 from tunelab.tasks.classification import Classification
 
 CLASSES = Classification()  # a retain set is scored by the classes of the base model's own head
@@ -33,18 +33,18 @@ class ForgettingRun:
     probe: object | None = None
     base_features: torch.Tensor | None = None
     base_retain: dict = field(default_factory=dict)
-    loss: ProtectedLoss | None = None
+    terms: list = field(default_factory=list)  # what the loss adds to the task's (tunelab.loss)
 
 
-def setup_forgetting(config, loaded, model, accelerator, collate, datasets: dict, class_weights=None, remembered=None):
+def setup_forgetting(config, loaded, model, accelerator, collate, datasets: dict, remembered=None):
     """Everything measured before training; None when the config asks for nothing. Torch's random
     state is left as it was, so measuring forgetting never changes the run it measures. With
     ``remembered`` (a ``Remembered``) the drift probe's base features come from its cache."""
     with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
-        return _setup(config, loaded, model, accelerator, collate, datasets, class_weights, remembered)
+        return _setup(config, loaded, model, accelerator, collate, datasets, remembered)
 
 
-def _setup(config, loaded, model, accelerator, collate, datasets: dict, class_weights, remembered):
+def _setup(config, loaded, model, accelerator, collate, datasets: dict, remembered):
     settings = config.forgetting
     methods = settings.methods
     if not config.retain and not methods and not settings.drift:
@@ -75,9 +75,7 @@ def _setup(config, loaded, model, accelerator, collate, datasets: dict, class_we
         run.probe = accelerator.prepare(probe)
         measure = lambda: features(model, run, accelerator)  # noqa: E731
         run.base_features = remembered.tensor("drift", {"probe": run.probe}, measure) if remembered else measure()
-    if methods:
-        run.loss = _protected_loss(config, loaded, unwrapped, run, old_model, retain_train, collate, accelerator)
-        run.loss.class_weights = class_weights
+    run.terms = _terms(config, unwrapped, run, old_model, retain_train, collate, accelerator)
     return run
 
 
@@ -130,13 +128,26 @@ def forgetting_results(model, run: ForgettingRun, accelerator) -> dict:
     return results
 
 
-def _protected_loss(config, loaded, unwrapped, run, old_model, retain_train, collate, accelerator) -> ProtectedLoss:
+def _terms(config, unwrapped, run, old_model, retain_train, collate, accelerator) -> list:
+    """The loss terms the config's forgetting methods ask for: replay, LwF, L2-SP, EWC."""
     settings = config.forgetting
     head = head_name(unwrapped) + "."
-    pulls = []
+    terms = []
+    if settings.replay:
+        if not retain_train:
+            raise UserError("forgetting.replay: no retain set has a train split to replay rows from")
+        per_process = max(1, config.train.batch_size // accelerator.num_processes)
+        replay = Replay(
+            ConcatDataset(list(retain_train.values())), collate, settings.replay.fraction, per_process,
+            config.seed, accelerator.process_index,
+        )  # fmt: skip
+        terms.append(OldHeadReplay(replay, run.tap, settings.replay.weight))
+    if settings.lwf:
+        teacher = frozen_copy(old_model).to(accelerator.device)
+        terms.append(LearningWithoutForgetting(teacher, run.tap, settings.lwf.strength, settings.lwf.temperature))
     if settings.l2sp:
         anchor = anchor_weights(unwrapped, head)
-        pulls.append(("l2sp", WeightPull(anchor, settings.l2sp.strength)))
+        terms.append(Pull("l2sp", WeightPull(anchor, settings.l2sp.strength), unwrapped))
     if settings.ewc:
         if not retain_train:
             raise UserError("forgetting.ewc: no retain set has a train split to estimate the Fisher information on")
@@ -148,27 +159,8 @@ def _protected_loss(config, loaded, unwrapped, run, old_model, retain_train, col
                 unwrapped, run.tap.old_logits_of, OnDevice(loader, accelerator.device), list(anchor),
                 settings.ewc.fisher_examples, config.seed,
             )  # fmt: skip
-        pulls.append(("ewc", WeightPull(anchor, settings.ewc.strength, fisher)))
-    replay = None
-    if settings.replay:
-        if not retain_train:
-            raise UserError("forgetting.replay: no retain set has a train split to replay rows from")
-        per_process = max(1, config.train.batch_size // accelerator.num_processes)
-        replay = Replay(
-            ConcatDataset(list(retain_train.values())), collate, settings.replay.fraction, per_process,
-            config.seed, accelerator.process_index,
-        )  # fmt: skip
-    teacher = frozen_copy(old_model).to(accelerator.device) if settings.lwf else None
-    return ProtectedLoss(
-        run.tap,
-        pulls,
-        unwrapped,
-        teacher=teacher,
-        lwf=settings.lwf,
-        replay=replay,
-        replay_weight=settings.replay.weight if settings.replay else 1.0,
-        pad_token_id=getattr(loaded.tokenizer, "pad_token_id", 0) or 0,
-    )
+        terms.append(Pull("ewc", WeightPull(anchor, settings.ewc.strength, fisher), unwrapped))
+    return terms
 
 
 class _all_trainable:

@@ -7,7 +7,7 @@ tests a task's name.
 from __future__ import annotations
 
 from tunelab.errors import UserError
-from tunelab.tasks.base import BatchLoss, Task, scalar_metrics
+from tunelab.tasks.base import Task, scalar_metrics
 from tunelab.tasks.classification import ImageClassification, TextClassification
 from tunelab.tasks.regression import NumericTarget, Regression
 
@@ -39,7 +39,6 @@ for _task in (TextClassification(), ImageClassification(), Regression()):
 __all__ = [
     "PLANNED_TASKS",
     "TASKS",
-    "BatchLoss",
     "NumericTarget",
     "Task",
     "get_task",

@@ -88,21 +88,12 @@ class Task:
     def better(self, metric: str, value: float, than: float) -> bool:
         return value < than if metric in self.lower_is_better else value > than
 
-    def loss_function(self, weights: torch.Tensor | None = None):
-        """The loss of a batch: ``loss_fn(model, batch)``, as the loop calls it."""
-        return BatchLoss(self, weights)
+    def loss_function(self, weights: torch.Tensor | None = None, terms: list = (), task_weight: float = 1.0):
+        """The loss of a batch, ``loss_fn(model, batch)`` as the loop calls it: this task's loss plus
+        ``terms`` (see ``tunelab.loss``)."""
+        from tunelab.loss import TrainingLoss
 
-
-class BatchLoss:
-    """A task's loss on one batch through the model (a class, so it pickles and has a name)."""
-
-    def __init__(self, task: Task, weights: torch.Tensor | None = None):
-        self.task, self.weights = task, weights
-
-    def __call__(self, model, batch: dict) -> torch.Tensor:
-        from tunelab.evaluate import model_inputs, output_logits
-
-        return self.task.loss(output_logits(model(**model_inputs(batch))), batch["labels"], self.weights)
+        return TrainingLoss(self, terms, weights, task_weight)
 
 
 def scalar_metrics(metrics: dict) -> list[str]:
