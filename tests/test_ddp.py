@@ -142,13 +142,14 @@ def test_only_the_main_process_prepares_the_run_directory(text_config, write_con
 
     import tunelab.builder.fresh
     import tunelab.cli
+    import tunelab.commands.train
 
     run_dir = tmp_path / "existing"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text("kept\n")
     (run_dir / "results.json").write_text("{}\n")
     seen = []
-    monkeypatch.setattr(tunelab.cli, "_is_main_process", lambda: False)
+    monkeypatch.setattr(tunelab.commands.train, "is_main_process", lambda: False)
     monkeypatch.setattr(tunelab.builder.fresh, "process_state", lambda: SimpleNamespace(is_main_process=False))
     monkeypatch.setattr(tunelab.builder.fresh, "run_training", lambda _, folder, *a, **k: seen.append(folder) or {})
     config = write_config(text_config)

@@ -1,5 +1,6 @@
-"""A new task and a new strategy, defined in this module and registered from it: no file under
-``src/`` changes for either. A config's ``plugins: [test_plugins]`` imports this module in every
+"""A new task, a new strategy and a new command, defined in this module and registered from it (the
+command through an entry point, as an installed package names it): no file under ``src/``
+changes for any of them. A config's ``plugins: [test_plugins]`` imports this module in every
 process of a run (``compare`` trains each strategy in a process of its own)."""
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pydantic import Field
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
-from tunelab.cli import main
+import tunelab.commands
+from tunelab.cli import build_parser, main
+from tunelab.commands.base import Command, common, stdout
 from tunelab.config import Section
 from tunelab.data.labels import LabelMap
 from tunelab.models.builtin import digits_cnn_folder
@@ -94,6 +97,22 @@ register_task(MarginClassification())
 register_strategy(TopBlocks)
 
 
+def margin_arguments(parser) -> None:
+    parser.add_argument("run_dir", help="a finished margin-classification run")
+    common(parser)
+
+
+def margins(args) -> dict:
+    results = json.loads((Path(args.run_dir) / "results.json").read_text())
+    found = {split: scores["margin"] for split, scores in results["final"].items()}
+    if not args.json:
+        stdout.print(", ".join(f"{split} margin {value:.3f}" for split, value in found.items()))
+    return found
+
+
+MARGINS = Command("margins", "the mean margin of each split of a finished run", margin_arguments, margins)
+
+
 def plugin_config() -> dict:
     """Digits 5-9 on the demo CNN pretrained on 0-4: a few seconds a run, and it learns."""
     return {
@@ -164,3 +183,24 @@ def test_a_plugin_section_is_checked_by_its_strategy(write_config, tmp_path, cap
     assert main(["train", str(write_config(bad)), "-o", str(tmp_path / "run"), "-q"]) == 2
     assert "unknown key 'strategy.nothing'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_installed_package_adds_a_command_through_its_entry_point(write_config, tmp_path, monkeypatch, capsys):
+    site = tmp_path / "site"
+    package = site / "tunelab_margins-0.1.dist-info"
+    package.mkdir(parents=True)
+    (package / "METADATA").write_text("Metadata-Version: 2.1\nName: tunelab-margins\nVersion: 0.1\n")
+    (package / "entry_points.txt").write_text("[tunelab.commands]\nmargins = test_plugins:MARGINS\n")
+    assert main(["margins", "x"]) == 2  # not installed yet: argparse names the choices
+    assert "invalid choice: 'margins'" in capsys.readouterr().err
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(tunelab.commands, "_COMMANDS", dict(tunelab.commands._COMMANDS))  # gone after the test
+
+    config = plugin_config() | {"train": plugin_config()["train"] | {"epochs": 1}}
+    assert main(["train", str(write_config(config)), "-o", str(tmp_path / "run"), "-q", "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)["final"]
+    assert main(["margins", str(tmp_path / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {split: scores["margin"] for split, scores in trained.items()}
+    assert main(["margins", str(tmp_path / "run")]) == 0
+    assert f"validation margin {trained['validation']['margin']:.3f}" in capsys.readouterr().out
+    assert "the mean margin of each split" in build_parser().format_help()

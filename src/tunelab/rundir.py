@@ -44,18 +44,60 @@ def prepare_run_dir(path: str | Path, overwrite: bool) -> Path:
 
 
 @contextlib.contextmanager
-def fresh_run_dir(path: str | Path, overwrite: bool, config_text: str) -> Iterator[Path]:
-    """For the block: the folder locked, created (an earlier run set aside under ``--overwrite``)
-    with its config written; on failure the earlier run is put back."""
-    with holding(path):
+def claimed(
+    path: str | Path,
+    overwrite: bool = False,
+    config_text: str | None = None,
+    *,
+    continuing: bool = False,
+    main_process: bool = True,
+) -> Iterator[Path]:
+    """A command's output folder for the block: locked, created (an earlier run set aside under
+    ``overwrite``), ``config_text`` written to its config.yaml; if the block fails, the earlier run
+    is put back (an interruption says so) or the unstarted folder removed. ``continuing``: a
+    study's folder, new or holding a study of this same config, which is continued and never set
+    aside or removed. Under torchrun only the main process claims and finishes: the others would
+    race it, deleting each other's files."""
+    with holding(path, main_process):
+        if not main_process:
+            yield Path(path)
+            return
+        if continuing:
+            run_dir = _continued(Path(path), config_text)
+            write_atomic(run_dir / CONFIG, config_text)
+            yield run_dir
+            return
         run_dir = prepare_run_dir(path, overwrite)
         succeeded = False
         try:
-            write_atomic(run_dir / CONFIG, config_text)
+            if config_text is not None:
+                write_atomic(run_dir / CONFIG, config_text)
             yield run_dir
             succeeded = True
+        except KeyboardInterrupt as interrupt:
+            if replaces_a_run(run_dir):  # put back below: a checkpoint of the new run goes with it
+                stopped = str(interrupt).split(";")[0] or "interrupted"
+                raise type(interrupt)(f"{stopped}; {run_dir} holds the run it was replacing again") from None
+            raise
         finally:
             finish_run_dir(run_dir, succeeded)
+
+
+def _continued(output: Path, config_text: str) -> Path:
+    """A new folder, or one holding a study of this same config."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output: {output} exists and is a file")
+    if output.is_dir() and any(output.iterdir()):
+        saved = output / CONFIG
+        if not saved.is_file():
+            raise UserError(f"output: {output} exists and is not a tunelab study; choose another --output")
+        if saved.read_text(encoding="utf-8") != config_text:
+            raise UserError(f"output: {output} holds a study of another config; choose another --output")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"output: cannot create {output}: {error.strerror or error}") from None
+    return output
 
 
 def finish_run_dir(run_dir: Path, succeeded: bool) -> None:

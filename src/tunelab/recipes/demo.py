@@ -20,7 +20,7 @@ from tunelab.builder import run_training
 from tunelab.config import validate
 from tunelab.errors import UserError
 from tunelab.io import write_atomic, write_json
-from tunelab.rundir import REPORT, finish_run_dir, prepare_run_dir
+from tunelab.rundir import REPORT, claimed
 
 MARKER = ".tunelab-demo"
 LABELS = {
@@ -71,9 +71,8 @@ def run_demo(output: Path, stdout, stderr, draws: int = DRAWS, show: bool = True
             config["seed"] = draw
             if name == "fine-tuned":
                 config["retain"] = [RETAIN]
-            run_dir = prepare_run_dir(output / f"draw-{draw}" / name, overwrite=True)
-            runs[name].append(run_training(validate(config), run_dir, stderr, progress=False))
-            finish_run_dir(run_dir, succeeded=True)
+            with claimed(output / f"draw-{draw}" / name, overwrite=True) as run_dir:
+                runs[name].append(run_training(validate(config), run_dir, stderr, progress=False))
     summary = _summary(runs)
     write_json(output / "demo.json", summary)
     write_atomic(output / REPORT, _page(summary))

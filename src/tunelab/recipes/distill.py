@@ -16,30 +16,25 @@ from tunelab.errors import UserError
 from tunelab.io import write_json
 from tunelab.models.saving import save_model
 from tunelab.recipes.evaluate import load_run, run_datasets
-from tunelab.rundir import CONFIG, MODEL, RESULTS, existing_run, finish_run_dir, prepare_run_dir
+from tunelab.rundir import CONFIG, MODEL, RESULTS, existing_run
 from tunelab.tasks import get_task
 
 STUDENT_INIT = "student-init"
 
 
 def run_distill(
-    teacher_dir: Path, student: str, overrides: list[str], output: Path, overwrite: bool, console: Console, show: bool
+    teacher_dir: Path, student: str, overrides: list[str], output: Path, console: Console, show: bool
 ) -> dict:
+    """Train the student into ``output`` (a claimed run directory) and measure it beside the teacher."""
     quiet_libraries()  # the student's first save would show transformers' "Writing model shards" bar
     teacher_dir = existing_run(teacher_dir)
     raw = load_config(teacher_dir / CONFIG, []).model_dump(mode="json", exclude={"output_dir"})
     raw["distill"] = {"teacher": str(teacher_dir.resolve())}
-    output = prepare_run_dir(output, overwrite)
-    succeeded = False
-    try:
-        raw["model"]["source"] = _student_source(teacher_dir, student, output)
-        config = load_config(None, overrides, base=raw)
-        results = run_training(config, output, console, progress=show)
-        results["distillation"] = side_by_side(teacher_dir, output) | {"student_spec": student}
-        write_json(output / RESULTS, results)
-        succeeded = True
-    finally:
-        finish_run_dir(output, succeeded)
+    raw["model"]["source"] = _student_source(teacher_dir, student, output)
+    config = load_config(None, overrides, base=raw)
+    results = run_training(config, output, console, progress=show)
+    results["distillation"] = side_by_side(teacher_dir, output) | {"student_spec": student}
+    write_json(output / RESULTS, results)
     return results
 
 

@@ -21,22 +21,18 @@ from tunelab.compress.qstate import to_tensors
 from tunelab.compress.quantize import quantized
 from tunelab.config import dump_config
 from tunelab.engine.data_loading import eval_loader
-from tunelab.errors import UserError
 from tunelab.evaluate import model_inputs
 from tunelab.io import folder_megabytes, give_usual_permissions, read_json_object, write_atomic, write_json
 from tunelab.models.loading import LABEL_MAP, TUNELAB_META
 from tunelab.recipes.evaluate import load_run, run_datasets
-from tunelab.rundir import CONFIG, MODEL, RESULTS, finish_run_dir, prepare_run_dir
+from tunelab.rundir import CONFIG, MODEL, RESULTS
 from tunelab.tasks import get_task
 
 QUANTIZED_WEIGHTS = "quantized.safetensors"
 
 
-def run_quantize(
-    run_dir: Path, method: str, output: Path, overwrite: bool, calibration_rows: int, console: Console, show: bool
-) -> dict:
-    if Path(output).resolve() == Path(run_dir).resolve():
-        raise UserError("quantize: --output is the run itself; the int8 copy goes into a folder of its own")
+def run_quantize(run_dir: Path, method: str, output: Path, calibration_rows: int, console: Console, show: bool) -> dict:
+    """The int8 copy of ``run_dir``'s model, measured, written into ``output`` (a claimed run directory)."""
     quiet_libraries()
     config, loaded = load_run(run_dir)
     data = run_datasets(config, loaded)
@@ -54,40 +50,34 @@ def run_quantize(
         size = config.train.eval_batch_size
         report = {name: measured(model, data, collate, get_task(config).scorer(loaded.labels), size)
                   for name, model in (("float", float_model), ("int8", int8))}  # fmt: skip
-    return _write(run_dir, output, overwrite, config, int8, method, example, report, splits, loaded, calibration_rows)
+    return _write(run_dir, output, config, int8, method, example, report, splits, loaded, calibration_rows)
 
 
-def _write(run_dir, output, overwrite, config, int8, method, example, report, splits, loaded, calibration_rows):
+def _write(run_dir, output, config, int8, method, example, report, splits, loaded, calibration_rows):
     source = Path(run_dir) / MODEL
-    output = prepare_run_dir(output, overwrite)
-    succeeded = False
-    try:
-        write_atomic(output / CONFIG, dump_config(config))
-        folder = output / MODEL
-        folder.mkdir()
-        save_file(to_tensors(int8.state_dict()), str(folder / QUANTIZED_WEIGHTS))
-        shape = {key: list(value.shape) for key, value in example.items()}
-        meta = read_json_object(source / TUNELAB_META) | {
-            "quantization": {"method": method, "backend": "x86", "example": shape},
-            "float_source": str(source.resolve()),
-        }
-        write_json(folder / TUNELAB_META, meta)
-        if (source / LABEL_MAP).exists():
-            shutil.copy2(source / LABEL_MAP, folder / LABEL_MAP)
-        report["float"]["size_mb"] = weights_mb(source)
-        report["int8"]["size_mb"] = weights_mb(folder)
-        compression = {"method": method, "source_run": str(run_dir)} | report
-        compression["calibration_rows"] = calibration_rows if method == "static" else 0
-        results = {
-            "task": config.task,
-            "compression": compression,
-            "final": {split: report["int8"][split] for split in splits},
-            "labels": list(loaded.labels.names),
-            "saved_model_mb": folder_megabytes(folder),
-        }
-        write_json(output / RESULTS, results)
-        give_usual_permissions(output)
-        succeeded = True
-    finally:
-        finish_run_dir(output, succeeded)
+    write_atomic(output / CONFIG, dump_config(config))
+    folder = output / MODEL
+    folder.mkdir()
+    save_file(to_tensors(int8.state_dict()), str(folder / QUANTIZED_WEIGHTS))
+    shape = {key: list(value.shape) for key, value in example.items()}
+    meta = read_json_object(source / TUNELAB_META) | {
+        "quantization": {"method": method, "backend": "x86", "example": shape},
+        "float_source": str(source.resolve()),
+    }
+    write_json(folder / TUNELAB_META, meta)
+    if (source / LABEL_MAP).exists():
+        shutil.copy2(source / LABEL_MAP, folder / LABEL_MAP)
+    report["float"]["size_mb"] = weights_mb(source)
+    report["int8"]["size_mb"] = weights_mb(folder)
+    compression = {"method": method, "source_run": str(run_dir)} | report
+    compression["calibration_rows"] = calibration_rows if method == "static" else 0
+    results = {
+        "task": config.task,
+        "compression": compression,
+        "final": {split: report["int8"][split] for split in splits},
+        "labels": list(loaded.labels.names),
+        "saved_model_mb": folder_megabytes(folder),
+    }
+    write_json(output / RESULTS, results)
+    give_usual_permissions(output)
     return results

@@ -23,7 +23,7 @@ from tunelab.builder.runtime import quiet_libraries
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import UserError
 from tunelab.io import write_atomic, write_json
-from tunelab.rundir import REPORT, prepare_run_dir
+from tunelab.rundir import REPORT, claimed
 from tunelab.search.space import applied, check_space, current_values, default_space, draw
 from tunelab.search.study import ReportToTrial, open_study, worker_name
 from tunelab.tasks import get_task
@@ -59,10 +59,10 @@ def run_tune(config: RunConfig, output: Path, trials: int, storage: str | None, 
         values = draw(trial, space)
         trial.set_user_attr("worker", worker_name())
         run_config = applied(config, values | {"train.checkpoint_every": None}, f"trial {trial.number}")
-        run_dir = prepare_run_dir(output / "trials" / f"trial-{trial.number:04d}", overwrite=True)
-        trial.set_user_attr("run_dir", str(run_dir))
         pruning = () if multi or tune.pruner == "none" else (ReportToTrial(trial, metric),)
-        results = run_training(run_config, run_dir, console, progress=False, callbacks=pruning)
+        with claimed(output / "trials" / f"trial-{trial.number:04d}", overwrite=True) as run_dir:
+            trial.set_user_attr("run_dir", str(run_dir))
+            results = run_training(run_config, run_dir, console, progress=False, callbacks=pruning)
         trial.set_user_attr("train_seconds", results["train_seconds"])
         trial.set_user_attr("trainable_parameters", results["parameters"]["trainable"])
         value = results["final"]["validation"].get(metric)
