@@ -94,3 +94,14 @@ def test_distill_mistakes_end_with_one_line(teacher, tmp_path, capsys):
     assert "choose 1 to 1 of the teacher's 2 blocks" in capsys.readouterr().err
     assert main(["distill", str(tmp_path / "nowhere"), "--student", "layers:1", "-o", str(tmp_path / "b")]) == 2
     assert "run directory not found" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # a failed claim leaves nothing
+
+
+def test_distillation_and_a_forgetting_method_share_one_loss(teacher, tmp_path, capsys):
+    output = tmp_path / "student"
+    argv = ["distill", str(teacher), "--student", "layers:1", "-o", str(output), "-q", "--json"]
+    assert main([*argv, "--set", "forgetting.l2sp={strength: 0.1}"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["forgetting_methods"]["l2sp"] == {"strength": 0.1} and "distillation" in results
+    saved = yaml.safe_load((output / "config.yaml").read_text())
+    assert saved["distill"]["teacher"] == str(teacher.resolve()) and saved["forgetting"]["l2sp"]["strength"] == 0.1
