@@ -104,6 +104,16 @@ class DataConfig(Section):
         "zero-shot when labels are numbers",
     )
     max_length: int = Field(128, ge=8, le=8192)
+    # Token classification (task: token-classification) only.
+    tag_column: int = Field(-1, description="CoNLL files: the column holding the tag (0 is the token; -1 the last)")
+    tag_scheme: Literal["auto", "iob1", "iob2", "bioes"] = Field(
+        "auto", description="the tags' scheme; auto detects it per file (IOB2 is used inside)"
+    )
+    tokens_column: str = Field("tokens", description="JSONL/Parquet: the column holding each sentence's tokens")
+    tags_column: str = Field("tags", description="JSONL/Parquet: the column holding each sentence's tags")
+    label_all_subtokens: bool = Field(
+        False, description="the loss also learns from a word's later sub-tokens (scores stay per word)"
+    )
     cache: bool = Field(
         True, description="keep tokenised text on disk (keyed by tokenizer and data) so later runs skip tokenising"
     )
@@ -125,6 +135,13 @@ class DataConfig(Section):
     def _label_keys_as_text(cls, value: Any) -> Any:
         # YAML reads `0: negative` with an integer key; labels are compared as text everywhere.
         return {str(key): name for key, name in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("tag_column")
+    @classmethod
+    def _tag_is_not_the_token(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("column 0 holds the token; the tag column is 1 or later, or -1 (the last)")
+        return value
 
     @model_validator(mode="after")
     def _digits_classes_valid(self) -> DataConfig:

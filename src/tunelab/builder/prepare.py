@@ -66,8 +66,7 @@ def prepare_run(config: RunConfig, accelerator, warn) -> PreparedRun:
     data = prepare_data(raw, loaded, config)
     for name, count in data.truncated.items():
         if count:
-            line = f"{name}: {count} of {len(data.datasets[name])} rows are longer than data.max_length"
-            data_warnings.append(f"{line} ({config.data.max_length} tokens) and are cut")
+            data_warnings.append(task.cut_warning(name, count, len(data.datasets[name]), config.data.max_length))
             warn(data_warnings[-1])
     strategy = build_strategy(config.strategy, loaded.fresh_head)
     model = strategy.apply(loaded.model)

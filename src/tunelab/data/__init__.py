@@ -18,9 +18,8 @@ from tunelab.data.augment import AugmentedImages
 from tunelab.data.images import load_images
 from tunelab.data.labels import LabelMap
 from tunelab.data.prepare import prepare_split
-from tunelab.data.readers import RawSplit, image_folder_split, table_split
-from tunelab.data.text import tokenize
-from tunelab.data.token_cache import cached_tokenize, tokenizer_fingerprint
+from tunelab.data.readers import RawSplit
+from tunelab.data.token_cache import tokenizer_fingerprint
 from tunelab.errors import UserError
 from tunelab.tasks import get_task
 
@@ -52,12 +51,11 @@ def read_data(config: RunConfig) -> RawData:
     if data.train == BUILTIN_DIGITS:
         return _read_digits(config)
     task = get_task(config)
-    reader = _reader_for(config)
-    splits = {"train": reader(data.train, "train")}
+    splits = {"train": task.read_split(data.train, "train", config)}
     for role in ("validation", "test"):
         path = getattr(data, role)
         if path:
-            splits[role] = reader(path, role)
+            splits[role] = task.read_split(path, role, config)
     preparation = {}
     for role, split in splits.items():
         if task.reads(config) == "image" or not split.inputs:
@@ -94,7 +92,8 @@ def read_data(config: RunConfig) -> RawData:
 def prepare_data(raw: RawData, loaded, config: RunConfig) -> PreparedData:
     """Turn raw splits into datasets with the model's tokenizer or image transform."""
     datasets, truncated, cached = {}, {}, {}
-    reads = get_task(config).reads(config)
+    task = get_task(config)
+    reads = task.reads(config)
     text = reads == "text" and config.data.cache
     fingerprint = tokenizer_fingerprint(loaded.tokenizer) if text else None  # once, for every split
     for name, split in raw.splits.items():
@@ -102,7 +101,7 @@ def prepare_data(raw: RawData, loaded, config: RunConfig) -> PreparedData:
         if config.data.train == BUILTIN_DIGITS:
             datasets[name] = digits.as_dataset(split.inputs, ids)
         elif reads == "text":
-            tokenized = _tokenized(loaded.tokenizer, split.inputs, ids, config.data, fingerprint)
+            tokenized = task.text_dataset(loaded.tokenizer, split.inputs, ids, raw.labels, config, fingerprint)
             datasets[name], truncated[name], cached[name] = tokenized
         elif name == "train" and config.data.augment.enabled:
             augment, seed = config.data.augment, config.seed
@@ -111,31 +110,6 @@ def prepare_data(raw: RawData, loaded, config: RunConfig) -> PreparedData:
             datasets[name] = load_images(split.inputs, ids, loaded.image_transform, name)
     groups = {name: split.groups for name, split in raw.splits.items() if split.groups is not None}
     return PreparedData(datasets, raw.labels, truncated, raw.notes, groups, cached)
-
-
-def _tokenized(tokenizer, inputs: list, ids: list[int], data, fingerprint: str | None) -> tuple[Dataset, int, bool]:
-    if not data.cache:
-        return *tokenize(tokenizer, inputs, ids, data.max_length), False
-    return cached_tokenize(tokenizer, inputs, ids, data.max_length, fingerprint=fingerprint)
-
-
-def _reader_for(config: RunConfig):
-    data, task = config.data, get_task(config)
-    if task.reads(config) == "image" and not data.image_column:
-        if data.group_column:
-            raise UserError("data.group_column: image folders have no columns; groups apply to table data")
-        return image_folder_split
-    return lambda path, role: table_split(
-        path,
-        role,
-        data.text_column,
-        data.label_column,
-        data.text_pair_column,
-        allow_blank=data.prepare.drop_empty,
-        group_column=data.group_column,
-        classes=task.has_classes,
-        image_column=data.image_column,
-    )
 
 
 def _read_digits(config: RunConfig) -> RawData:

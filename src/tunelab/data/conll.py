@@ -17,8 +17,11 @@ SCHEMES = ("iob1", "iob2", "bioes")
 PREFIXES = {"B", "I", "E", "S"}
 
 
-def read_conll(path: str | Path, where: str, tag_column: int = -1) -> tuple[list[list[str]], list[list[str]], list]:
-    """Tokens and tags per sentence, and the file line each sentence starts on."""
+def read_conll(
+    path: str | Path, where: str, tag_column: int | None = -1
+) -> tuple[list[list[str]], list[list[str]], list]:
+    """Tokens and tags per sentence, and the file line each sentence starts on. ``tag_column``
+    None: the file need hold tokens only (what ``predict`` reads); the tags are then empty."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{where}: file not found: {path}" if not path.exists() else f"{where}: {path} is not a file")
@@ -36,28 +39,28 @@ def read_conll(path: str | Path, where: str, tag_column: int = -1) -> tuple[list
                 tags.append(labels)
             tokens, labels = [], []
             continue
-        needed = tag_column + 1 if tag_column >= 0 else 2
-        if len(columns) < max(needed, 2):
+        needed = 1 if tag_column is None else abs(tag_column) + 1  # the tag is never the token itself
+        if len(columns) < needed:
             raise UserError(
                 f"{where}: {path} line {number} has {len(columns)} column(s), fewer than the tag column needs; "
                 "CoNLL lines are 'token ... tag' (is this a CoNLL file?)"
             )
         if not tokens:
             starts.append(number)
-        _check_tag(columns[tag_column], where, path, number)
         tokens.append(columns[0])
-        labels.append(columns[tag_column])
+        if tag_column is not None:
+            check_tag(columns[tag_column], where, f"{path} line {number}")
+            labels.append(columns[tag_column])
     if not sentences:
         raise UserError(f"{where}: {path} holds no sentences")
     return sentences, tags, starts
 
 
-def _check_tag(tag: str, where: str, path, number) -> None:
+def check_tag(tag: str, where: str, place: str) -> None:
+    """A tag is O or a B-/I-/E-/S- prefix and a type; ``place`` names where it stands."""
     prefix, _, kind = tag.partition("-")
     if tag != "O" and (prefix not in PREFIXES or not kind):
-        raise UserError(
-            f"{where}: {path} line {number}: tag '{tag}' is not O or B-/I-/E-/S- followed by a type (such as B-PER)"
-        )
+        raise UserError(f"{where}: {place}: tag '{tag}' is not O or B-/I-/E-/S- followed by a type (such as B-PER)")
 
 
 def detect_scheme(tags: list[list[str]], where: str) -> str:

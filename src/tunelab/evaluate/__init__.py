@@ -8,6 +8,8 @@ from tunelab.compress.quantize import quantizers_paused
 from tunelab.engine.data_loading import in_dataset_order
 from tunelab.evaluate.metrics import classification_metrics
 
+IGNORED = -100  # a label the loss and the scores skip (special tokens, padding)
+
 
 def output_logits(outputs) -> torch.Tensor:
     """Logits from a tensor, a tuple, or a Hugging Face output object."""
@@ -41,13 +43,38 @@ def collect_logits(
     all_logits, all_labels = [], []
     with quantizers_paused(model):  # quantization-aware models keep observing in eval mode
         for batch in loader:
-            logits = read_logits(model(**model_inputs(batch))).float()
-            logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
+            logits, labels = per_token(read_logits(model(**model_inputs(batch))).float(), batch["labels"])
+            if labels.dim() == 2:  # a label per token: sequence lengths differ from process to process
+                logits = accelerator.pad_across_processes(logits, dim=1)
+                labels = accelerator.pad_across_processes(labels, dim=1, pad_index=IGNORED)
+            logits, labels = accelerator.gather_for_metrics((logits, labels))
             all_logits.append(logits.cpu())
             all_labels.append(labels.cpu())
             if advance:
                 advance()
-    return in_dataset_order(loader, torch.cat(all_logits)), in_dataset_order(loader, torch.cat(all_labels))
+    logits, labels = padded_cat(all_logits, 0.0), padded_cat(all_labels, IGNORED)
+    return in_dataset_order(loader, logits), in_dataset_order(loader, labels)
+
+
+def per_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits lined up with labels: with a label per token, outputs for virtual tokens a prompt
+    method put in front of the sequence are dropped."""
+    if labels.dim() == 2 and logits.dim() == 3 and logits.shape[1] > labels.shape[1]:
+        logits = logits[:, -labels.shape[1] :]
+    return logits, labels
+
+
+def padded_cat(tensors: list[torch.Tensor], fill) -> torch.Tensor:
+    """Batches joined along rows; batches of token outputs are padded to the longest first."""
+    if tensors and tensors[0].dim() >= 2 and len({t.shape[1] for t in tensors}) > 1:
+        width = max(t.shape[1] for t in tensors)
+        tensors = [torch.nn.functional.pad(t, _right_pad(t, width), value=fill) for t in tensors]
+    return torch.cat(tensors)
+
+
+def _right_pad(tensor: torch.Tensor, width: int) -> tuple[int, ...]:
+    """``F.pad``'s amounts, innermost dimension first: dimension 1 grown to ``width``."""
+    return (0, 0) * (tensor.dim() - 2) + (0, width - tensor.shape[1])
 
 
 def evaluate_split(

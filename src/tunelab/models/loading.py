@@ -332,7 +332,9 @@ def _saved_label_names(folder: Path, file: str = "config.json") -> tuple[str, ..
 
 def _pooling(folder: Path, config) -> str | None:
     """``mean`` or ``cls`` for tunelab's pooled classifier; None for transformers' own head."""
-    if _reads(config) != "text" or config.model.pooling == "head":
+    from tunelab.tasks import get_task
+
+    if _reads(config) != "text" or not get_task(config).pooled or config.model.pooling == "head":
         return None
     if config.model.pooling in ("mean", "cls"):
         return config.model.pooling

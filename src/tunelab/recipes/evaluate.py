@@ -9,7 +9,6 @@ from rich.console import Console
 from tunelab.builder.runtime import make_accelerator, quiet_libraries
 from tunelab.config import RunConfig, load_config
 from tunelab.data import RawData, prepare_data, read_data
-from tunelab.data.readers import image_folder_split, table_split
 from tunelab.engine.data_loading import eval_loader
 from tunelab.errors import UserError
 from tunelab.evaluate import evaluate_splits
@@ -38,23 +37,7 @@ def run_evaluation(run_dir: Path, data_file: str | None = None, progress: bool =
     if data_file:
         if config.data.train == "digits":
             raise UserError("--data: this run used the built-in digits; it has no file format to read")
-        task = get_task(config)
-        if task.reads(config) == "image" and not config.data.image_column:
-            split = image_folder_split(data_file, "data", where="--data")
-        else:
-            data = config.data
-            split = table_split(
-                data_file,
-                "data",
-                data.text_column,
-                data.label_column,
-                data.text_pair_column,
-                where="--data",
-                group_column=data.group_column,
-                groups_required=False,  # an extra test set may come without the group column
-                classes=task.has_classes,
-                image_column=data.image_column,
-            )
+        split = get_task(config).read_split(data_file, "data", config, where="--data", extra=True)
         labels.encode(split.labels, "--data")  # fail early on a class the run never learned
         raw = RawData({"data": split}, labels)
     else:

@@ -25,6 +25,9 @@ def run_prediction(run_dir: Path, input_path: str | None, texts: list[str] | Non
     quiet_libraries()
     config, loaded = opened or load_run(run_dir)
     task = get_task(config)
+    own = task.predict_rows(config, loaded, texts, input_path)
+    if own is not None:
+        return own
     if task.reads(config) == "text":
         pair_column = config.data.text_pair_column
         if texts and pair_column:
@@ -61,14 +64,18 @@ def write_predictions(rows: list[dict], path: Path) -> None:
     from tunelab.io import write_atomic
 
     suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv", ".tsv"):
-        raise UserError(f"--output: {path} must end in .jsonl, .json, .csv or .tsv")
+    tagged = bool(rows) and "tags" in rows[0]  # a tag per word: CoNLL may be written too
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv") and not (tagged and suffix in (".conll", ".txt")):
+        extra = ", .conll or .txt (CoNLL)" if tagged else ""
+        raise UserError(f"--output: {path} must end in .jsonl, .json, .csv or .tsv{extra}")
     if path.exists():
         raise UserError(f"--output: {path} already exists; choose another file")
     if not path.parent.is_dir():
         raise UserError(f"--output: the folder {path.parent} does not exist")
     if suffix == ".jsonl":
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    elif suffix in (".conll", ".txt"):
+        text = "".join("".join(f"{w} {t}\n" for w, t in zip(r["tokens"], r["tags"], strict=True)) + "\n" for r in rows)
     elif suffix == ".json":
         text = json.dumps(rows, ensure_ascii=False, indent=1)
     else:
@@ -84,6 +91,11 @@ def _flat(row: dict) -> dict:
     flat = {key: value for key, value in row.items() if key != "probabilities"}
     if isinstance(flat["input"], list):
         flat["input"] = " | ".join(flat["input"])
+    for key in ("tokens", "tags"):  # token classification: a word and a tag per place, space-separated
+        if key in flat:
+            flat[key] = " ".join(flat[key])
+    if "entities" in flat:
+        flat["entities"] = "; ".join(f"{e['text']} ({e['type']} {e['start']}-{e['end']})" for e in flat["entities"])
     return flat | {f"p({name})": p for name, p in row.get("probabilities", {}).items()}
 
 

@@ -136,14 +136,23 @@ def predictions_table(rows: list[dict], limit: int = 20) -> Table:
     table = Table(
         title=f"predictions ({min(limit, len(rows))} of {len(rows)} shown)" if len(rows) > limit else "predictions"
     )
-    columns = [key for key in (rows[0] if rows else {"input": ""}) if key != "probabilities"]  # the task's own
+    hidden = ("probabilities", "tokens", "tags")  # too long for a cell: in --json and --output
+    columns = [key for key in (rows[0] if rows else {"input": ""}) if key not in hidden]  # the task's own
     for column in columns:
-        table.add_column(column, justify="left" if column in ("input", "label") else "right")
+        table.add_column(column, justify="left" if column in ("input", "label", "entities") else "right")
     for row in rows[:limit]:
         shown = str(row["input"])
-        cells = [f"{row[key]:.3f}" if isinstance(row[key], float) else str(row[key]) for key in columns[1:]]
+        cells = [_cell(row[key]) for key in columns[1:]]
         table.add_row(shown if len(shown) <= 70 else shown[:67] + "...", *cells)
     return table
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list):  # entities: text, type, character span and confidence
+        return "\n".join(f"{e['text']} [{e['type']} {e['start']}:{e['end']} {e['confidence']:.2f}]" for e in value)
+    return str(value)
 
 
 def audit_table(report: dict) -> Table:

@@ -116,7 +116,7 @@ class VirtualTokensStrategy(PeftStrategy):
         import peft
 
         return getattr(peft, self.peft_config_class)(
-            task_type="SEQ_CLS",
+            task_type=_task_type(model) or "SEQ_CLS",
             num_virtual_tokens=getattr(self.config, self.name).num_virtual_tokens,
             modules_to_save=modules_to_save,
         )
@@ -172,8 +172,11 @@ def _is_text_transformer(model: nn.Module) -> bool:
 
 
 def _task_type(model: nn.Module) -> str | None:
-    """SEQ_CLS for Hugging Face text classifiers; None (a plain PeftModel) for anything else."""
-    return "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else None
+    """SEQ_CLS or TOKEN_CLS for Hugging Face text and token classifiers; None (a plain PeftModel) for
+    anything else."""
+    name = type(model).__name__
+    kinds = {"ForSequenceClassification": "SEQ_CLS", "ForTokenClassification": "TOKEN_CLS"}
+    return next((kind for suffix, kind in kinds.items() if name.endswith(suffix)), None)
 
 
 def _modules_of(model: nn.Module, parameter_names: list[str]) -> set[str]:

@@ -10,10 +10,11 @@ from tunelab.errors import UserError
 from tunelab.tasks.base import Task, scalar_metrics
 from tunelab.tasks.classification import ImageClassification, TextClassification
 from tunelab.tasks.regression import NumericTarget, Regression
+from tunelab.tasks.tokens import TokenClassification
 
 TASKS: dict[str, Task] = {}
 # Named in the schema so a config that asks for one is told it is coming, not that it is misspelt.
-PLANNED_TASKS = ("token-classification", "causal-lm", "seq2seq", "image-text")
+PLANNED_TASKS = ("causal-lm", "seq2seq", "image-text")
 
 
 def register_task(task: Task) -> Task:
@@ -33,7 +34,7 @@ def get_task(config_or_name) -> Task:
     return task if isinstance(config_or_name, str) else task.configured(config_or_name)
 
 
-for _task in (TextClassification(), ImageClassification(), Regression()):
+for _task in (TextClassification(), ImageClassification(), Regression(), TokenClassification()):
     register_task(_task)
 
 __all__ = [

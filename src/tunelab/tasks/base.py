@@ -13,6 +13,8 @@ from typing import ClassVar
 
 import torch
 
+from tunelab.errors import UserError
+
 
 class Task:
     """One task. Subclasses set the class attributes and override what differs."""
@@ -24,7 +26,8 @@ class Task:
     gap_metrics: ClassVar[tuple[str, ...]] = ("loss",)  # train minus validation: the overfitting gap
     table_metrics: ClassVar[tuple[str, ...]] = ("loss",)  # the terminal's columns (80 wide: six at most)
     curve_metrics: ClassVar[tuple[str, ...]] = ()  # validation metrics the report plots over training
-    has_classes: ClassVar[bool] = False  # class weights, resampling, retain sets, distillation, fairness
+    has_classes: ClassVar[bool] = False  # one class per row: class weights, resampling, retain sets, fairness
+    pooled: ClassVar[bool] = True  # one output per row: a text model may pool its tokens (model.pooling)
 
     def reads(self, config) -> str:
         """``text`` (a table's text column, or two of them) or ``image`` (files)."""
@@ -62,7 +65,42 @@ class Task:
         """Lines the terminal prints below the results table."""
         return []
 
+    def predict_rows(self, config, loaded, texts: list[str] | None, input_path: str | None) -> list[dict] | None:
+        """``predict``'s rows where this task reads its inputs its own way; None: one output per
+        input text or image, as ``predictions`` puts it."""
+        return None
+
     # What follows derives from ``reads``; a task with another input overrides it.
+
+    def read_split(self, path, role: str, config, where: str | None = None, extra: bool = False):
+        """One split's rows as a ``RawSplit``; ``extra``: a file beside the run's own (``eval --data``),
+        which may lack the group column."""
+        from tunelab.data.readers import image_folder_split, table_split
+
+        data = config.data
+        if self.reads(config) == "image" and not data.image_column:
+            if data.group_column:
+                raise UserError("data.group_column: image folders have no columns; groups apply to table data")
+            return image_folder_split(path, role, where=where)
+        return table_split(
+            path, role, data.text_column, data.label_column, data.text_pair_column, where=where,
+            allow_blank=data.prepare.drop_empty, group_column=data.group_column, groups_required=not extra,
+            classes=self.has_classes, image_column=data.image_column,
+        )  # fmt: skip
+
+    def cut_warning(self, split: str, count: int, rows: int, max_length: int) -> str:
+        """What the run says when ``max_length`` cut ``count`` of a split's inputs."""
+        return f"{split}: {count} of {rows} rows are longer than data.max_length ({max_length} tokens) and are cut"
+
+    def text_dataset(self, tokenizer, inputs: list, ids: list, targets, config, fingerprint: str | None):
+        """(dataset, rows or words cut by ``max_length``, whether read from the token cache) for a text split."""
+        from tunelab.data.text import tokenize
+        from tunelab.data.token_cache import cached_tokenize
+
+        data = config.data
+        if not data.cache:
+            return *tokenize(tokenizer, inputs, ids, data.max_length), False
+        return cached_tokenize(tokenizer, inputs, ids, data.max_length, fingerprint=fingerprint)
 
     def collate(self, loaded, config):
         """Batch assembly: dynamic padding for text, stacking for images."""
