@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python benchmarks/label_noise_sst2.py
 	$(BIN)/python benchmarks/quantize.py
 	$(BIN)/python benchmarks/distill_sst2.py
+	$(BIN)/python benchmarks/ner_speed.py
 
 lint: setup
 	$(BIN)/ruff check src tests examples benchmarks

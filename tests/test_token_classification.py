@@ -174,7 +174,7 @@ def conlleval_counts(truth: list[str], guess: list[str]) -> tuple[int, int, int]
     for word: the reference the scores are checked against."""
 
     def ends(prev, prev_kind, tag, kind):
-        return prev in "BI" and (tag in "BO" or kind != prev_kind) or prev == "O" and False
+        return prev in "BI" and (tag in "BO" or kind != prev_kind)
 
     def starts(prev, prev_kind, tag, kind):
         return tag == "B" or (tag == "I" and (prev == "O" or kind != prev_kind))
@@ -367,3 +367,26 @@ def test_a_tag_train_never_saw_gets_one_line(tmp_path, tiny_bert, ner_files, wri
     config = ner_config(tiny_bert, ner_files) | {"output_dir": str(tmp_path / "run")}
     config["data"] = config["data"] | {"test": str(test)}
     assert_user_error(capsys, ["train", write_config(config)], "data.test", "tag 'B-PRODUCT' (sentence 1)", "PER")
+
+
+def test_a_tagger_resumed_mid_epoch_ends_with_the_same_weights(tiny_bert, ner_files, tmp_path, capsys):
+    import shutil
+
+    from tunelab.cli import main
+    from tunelab.rundir import CHECKPOINTS
+
+    config = ner_config(tiny_bert, ner_files, train={"epochs": 2, "checkpoint_every": 4, "keep_checkpoints": 20})
+    finished = tmp_path / "finished"
+    run_training(validate(config), prepare_run_dir(finished, False), progress=False)
+    interrupted = shutil.copytree(finished, tmp_path / "interrupted")
+    for name in (RESULTS, "report.html"):
+        (interrupted / name).unlink()
+    shutil.rmtree(interrupted / MODEL)
+    for folder in (interrupted / CHECKPOINTS).glob("step-*"):
+        if folder.name > "step-000016":  # 13 steps an epoch: three into the second
+            shutil.rmtree(folder)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(interrupted), "-q"]) == 0
+    assert "resuming from step-000016" in capsys.readouterr().err
+    weights = "model/model.safetensors"
+    assert (interrupted / weights).read_bytes() == (finished / weights).read_bytes()

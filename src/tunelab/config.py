@@ -745,16 +745,21 @@ class RunConfig(Section):
     def _classes_needed(self) -> RunConfig:
         from tunelab.tasks import get_task
 
-        if get_task(self.task).has_classes:
+        task = get_task(self.task)
+        if task.has_classes:
             return self
+        per_row = {"ewc", "lwf", "replay"} if task.class_outputs else set(FORGETTING_METHODS)
         needs = {
             "train.class_weights": self.train.class_weights, "train.resample": self.train.resample,
-            "data.group_column": self.data.group_column, "retain": self.retain, "forgetting": self.forgetting.methods,
-            "continual": self.continual, "distill": self.distill,
+            "data.group_column": self.data.group_column, "retain": self.retain,
+            "forgetting": [m for m in self.forgetting.methods if m in per_row], "continual": self.continual,
+            "distill": self.distill and not task.class_outputs,
         }  # fmt: skip
         given = next((key for key, value in needs.items() if value), None)
+        if given == "forgetting":
+            given = f"forgetting.{needs['forgetting'][0]}"
         if given is not None:
-            raise ValueError(f"{given}: works on classes, and task {self.task} has none")
+            raise ValueError(f"{given}: works on one class per row, and task {self.task} has none")
         return self
 
     @model_validator(mode="after")

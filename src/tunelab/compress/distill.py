@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.errors import UserError
-from tunelab.evaluate import model_inputs, output_logits
+from tunelab.evaluate import IGNORED, model_inputs, output_logits
 from tunelab.forgetting.regularizers import distillation_loss
 from tunelab.loss import ForwardPass, LossTerm
 from tunelab.strategies.anatomy import anatomy
@@ -85,8 +85,12 @@ class TeacherOutputs(LossTerm):
         self.teacher, self.temperature, self.tap = teacher, temperature, tap
 
     def value(self, forward: ForwardPass) -> torch.Tensor:
-        teacher = _teacher_logits(forward, self.teacher, self.tap)
-        return distillation_loss(forward.logits[: forward.rows].float(), teacher, self.temperature)
+        teacher = _teacher_logits(forward, self.teacher, self.tap).float()
+        student = forward.logits[: forward.rows].float()
+        if student.dim() == 3:  # a distribution per token: each real token counted once, padding not at all
+            kept = forward.batch["labels"] != IGNORED
+            student, teacher = student[kept], teacher[kept]
+        return distillation_loss(student, teacher, self.temperature)
 
 
 class TeacherFeatures(LossTerm):

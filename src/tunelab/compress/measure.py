@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from tunelab.evaluate import model_inputs, output_logits
+from tunelab.evaluate import IGNORED, model_inputs, output_logits, padded_cat, per_token
 
 REPEATS = {1: 30, 32: 10}
 WARMUP = 3
@@ -20,10 +20,10 @@ def scores(model, loader, score) -> dict:
     """Metrics of one split on the CPU (quantized kernels run there)."""
     logits, labels = [], []
     for batch in loader:
-        inputs = model_inputs(batch)
-        logits.append(output_logits(model(**inputs)).float())
-        labels.append(batch["labels"])
-    return score(torch.cat(logits), torch.cat(labels))
+        batch_logits, batch_labels = per_token(output_logits(model(**model_inputs(batch))).float(), batch["labels"])
+        logits.append(batch_logits)
+        labels.append(batch_labels)
+    return score(padded_cat(logits, 0.0), padded_cat(labels, IGNORED))
 
 
 @torch.inference_mode()

@@ -64,4 +64,5 @@ def side_by_side(teacher_dir: Path, student_dir: Path) -> dict:
         size = run_config.train.eval_batch_size
         found[name] = measured(loaded.model.eval().cpu(), data, collate, task.scorer(loaded.labels), size)
         found[name]["size_mb"] = weights_mb(run_dir / MODEL)
+        found["metric"] = run_config.train.metric
     return found

@@ -69,7 +69,7 @@ def _write(run_dir, output, config, int8, method, example, report, splits, loade
         shutil.copy2(source / LABEL_MAP, folder / LABEL_MAP)
     report["float"]["size_mb"] = weights_mb(source)
     report["int8"]["size_mb"] = weights_mb(folder)
-    compression = {"method": method, "source_run": str(run_dir)} | report
+    compression = {"method": method, "source_run": str(run_dir), "metric": config.train.metric} | report
     compression["calibration_rows"] = calibration_rows if method == "static" else 0
     results = {
         "task": config.task,

@@ -251,8 +251,9 @@ def compression_table(found: dict, before: str, after: str) -> Table:
         a, b = found[before][key], found[after][key]
         ratio = (b / a if higher_is_better else a / b) if a and b else None
         table.add_row(label, shape.format(a), shape.format(b), "–" if ratio is None else f"{ratio:.2f}x")
+    metric = found.get("metric", "accuracy")  # the run's own: accuracy, entity F1, Spearman
     for split in ("validation", "test"):
-        if split in found[after]:
-            a, b = found[before][split]["accuracy"], found[after][split]["accuracy"]
-            table.add_row(f"{split} accuracy", f"{a:.4f}", f"{b:.4f}", f"{100 * (b - a):+.1f} pts")
+        if split in found[after] and found[before][split].get(metric) is not None:
+            a, b = found[before][split][metric], found[after][split][metric]
+            table.add_row(f"{split} {metric}", f"{a:.4f}", f"{b:.4f}", f"{100 * (b - a):+.1f} pts")
     return table

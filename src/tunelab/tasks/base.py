@@ -27,6 +27,7 @@ class Task:
     table_metrics: ClassVar[tuple[str, ...]] = ("loss",)  # the terminal's columns (80 wide: six at most)
     curve_metrics: ClassVar[tuple[str, ...]] = ()  # validation metrics the report plots over training
     has_classes: ClassVar[bool] = False  # one class per row: class weights, resampling, retain sets, fairness
+    class_outputs: ClassVar[bool] = False  # class scores, per row or per token: distillation's KL applies
     pooled: ClassVar[bool] = True  # one output per row: a text model may pool its tokens (model.pooling)
 
     def reads(self, config) -> str:

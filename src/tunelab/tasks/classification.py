@@ -15,6 +15,7 @@ class Classification(Task):
     curve_metrics = ("accuracy", "f1", "auc")
     table_metrics = metrics
     has_classes = True
+    class_outputs = True
 
     def targets(self, labels: list, config):
         from tunelab.data.labels import LabelMap  # here: tunelab.data asks for its task in turn

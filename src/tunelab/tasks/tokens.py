@@ -22,6 +22,7 @@ class TokenClassification(Task):
     curve_metrics = ("precision", "recall", "f1")
     table_metrics = ("precision", "recall", "f1", "token_accuracy")
     pooled = False
+    class_outputs = True  # a class distribution per token: distillation applies
     all_subtokens: bool = False  # set by ``configured``
 
     def reads(self, config) -> str:
