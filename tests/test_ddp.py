@@ -237,3 +237,27 @@ def test_progressive_unfreezing_under_two_processes_matches_one(text_config, wri
     initial = load_file(Path(text_config["model"]["source"]) / "model.safetensors")
     embeddings = "bert.embeddings.word_embeddings.weight"
     assert not torch.equal(two[embeddings], initial[embeddings.removeprefix("bert.")])
+
+
+def test_two_process_tagger_scores_equal_a_one_process_evaluation_of_its_model(
+    tiny_bert, tmp_path, write_config, capsys
+):
+    """Token outputs differ in length from process to process: they are padded before the
+    gather, and the scores of the two-process run equal one process's evaluation of its model."""
+    from test_token_classification import ner_config, tagged_sentences, write_conll
+
+    from tunelab.recipes.evaluate import run_evaluation
+
+    files = {
+        "train": write_conll(tmp_path / "train.txt", tagged_sentences(64, 1)),
+        "validation": write_conll(tmp_path / "dev.txt", tagged_sentences(37, 2)),  # odd: one process pads
+    }
+    config = write_config(ner_config(tiny_bert, files, train={"epochs": 2, "batch_size": 8, "eval_batch_size": 8}))
+    ddp_dir = tmp_path / "ddp"
+    _launch(TORCHRUN, config, ddp_dir, tmp_path)
+    two = json.loads((ddp_dir / RESULTS).read_text())
+    assert two["processes"] == 2 and two["final"]["validation"]["examples"] == 37
+    scores, _ = run_evaluation(ddp_dir)
+    for metric in ("loss", "precision", "recall", "f1", "token_accuracy"):
+        assert scores["validation"][metric] == pytest.approx(two["final"]["validation"][metric], abs=1e-6)
+    assert scores["validation"]["per_type"] == two["final"]["validation"]["per_type"]
