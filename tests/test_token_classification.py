@@ -390,3 +390,10 @@ def test_a_tagger_resumed_mid_epoch_ends_with_the_same_weights(tiny_bert, ner_fi
     assert "resuming from step-000016" in capsys.readouterr().err
     weights = "model/model.safetensors"
     assert (interrupted / weights).read_bytes() == (finished / weights).read_bytes()
+
+
+def test_max_train_examples_draws_whole_sentences(tiny_bert, ner_files, tmp_path):
+    config = ner_config(tiny_bert, ner_files, data={"max_train_examples": 50, "max_eval_examples": 20})
+    config["train"] |= {"epochs": 1}
+    results = train(config, tmp_path / "run")
+    assert results["examples"]["train"] == 50 and results["final"]["validation"]["examples"] == 20

@@ -196,8 +196,10 @@ def _plain_split(split: RawSplit, fraction: float, seed: int) -> tuple[RawSplit,
 
 def _subsample(split: RawSplit, size: int, seed: int, stratified: bool = True) -> RawSplit:
     indices = np.arange(len(split.labels))
-    counts = np.unique(split.labels, return_counts=True)[1]
-    stratify = split.labels if stratified and counts.min() >= 2 and size >= len(counts) else None
+    stratify = None
+    if stratified:  # classes, one a row (a tag sequence or a number is no stratum)
+        counts = np.unique(split.labels, return_counts=True)[1]
+        stratify = split.labels if counts.min() >= 2 and size >= len(counts) else None
     from sklearn.model_selection import train_test_split
 
     chosen, _ = train_test_split(indices, train_size=size, random_state=seed, stratify=stratify)
