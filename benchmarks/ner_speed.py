@@ -113,8 +113,8 @@ def run_tunelab(paths: dict, settings: dict, folder: Path) -> dict:
         "data": {"train": paths["train"], "validation": paths["dev"], "max_length": MAX_LENGTH, "cache": False},
         "optim": {"lr": settings["lr"], "weight_decay": 0.01}, "schedule": {"name": "linear", "warmup_ratio": 0.1},
         "train": {"epochs": 1, "batch_size": settings["batch"], "eval_batch_size": 128, "group_by_length":
-                  settings["grouped"], "eval_every": "epoch"},
-        "evaluate": {"max_train_examples": 100, "base": False}, "forgetting": {"drift": False},
+                  settings["grouped"], "eval_every": 10**6, "load_best_at_end": False, "checkpoint_every": None},
+        "evaluate": {"max_train_examples": 1, "base": False}, "forgetting": {"drift": False},
     })  # fmt: skip
     run_dir = folder / "tunelab-run"
     run_training(config, prepare_run_dir(run_dir, False), progress=False)
@@ -129,7 +129,7 @@ def run_trainer(paths: dict, settings: dict, folder: Path) -> dict:
     arguments = TrainingArguments(
         output_dir=str(folder / "trainer"), per_device_train_batch_size=settings["batch"],
         learning_rate=settings["lr"], num_train_epochs=1, seed=SEED, report_to=[], save_strategy="no",
-        logging_strategy="no", use_cpu=True, **({"weight_decay": 0.01, "warmup_ratio": 0.1}
+        logging_strategy="no", use_cpu=True, **({"weight_decay": 0.01, "warmup_steps": 0.1}
                                                 if settings["batch"] == 16 else {}),
     )  # fmt: skip
     trainer = Trainer(model=model, args=arguments, train_dataset=datasets["train"],

@@ -48,7 +48,12 @@ def run(args) -> dict:
     if args.probe_rows < 0:
         raise UserError("--probe-rows: must be 0 or more (0 skips the label-error probe)")
     report = run_audit(config, output, args.probe_rows, args.reference, stderr, show=not args.json)
-    if not args.json:
+    if not args.json and report.get("task") == "token-classification":
+        from tunelab.report.tag_audit import tag_audit_tables
+
+        for table in tag_audit_tables(report):
+            stdout.print(table)
+    elif not args.json:
         stdout.print(audit_table(report))
         groups = audit_groups_table(report)
         if groups is not None:
@@ -59,6 +64,7 @@ def run(args) -> dict:
             stdout.print(escape(domain_gap_line(report["domain_gap"])))
         if report.get("label_errors", {}).get("suspects"):
             stdout.print(suspects_table(report["label_errors"]))
+    if not args.json:
         for line in report["warnings"]:
             stderr.print(f"[yellow]warning:[/] {escape(line)}")
         stdout.print(f"audit: {output / AUDIT_JSON}   report: {output / AUDIT_PAGE}")
@@ -78,10 +84,14 @@ def _audit_config(args):
         return load_config(args.config, args.overrides), Path(args.config).stem
     if not args.data:
         raise UserError("audit: give a config file (CONFIG) or a data file (--data FILE)")
+    from tunelab.data.tokens import CONLL_SUFFIXES
+
     task = "image-classification" if Path(args.data).is_dir() else "text-classification"
+    if Path(args.data).suffix.lower() in CONLL_SUFFIXES:
+        task = "token-classification"
     base = {
         "task": task,
-        "model": {"source": args.model or ("minilm" if task == "text-classification" else "cnn")},
+        "model": {"source": args.model or ("cnn" if task == "image-classification" else "minilm")},
         "data": {key: value for key, value in files.items() if value},
     }
     return load_config(None, args.overrides, base=base), Path(args.data).stem

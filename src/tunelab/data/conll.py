@@ -85,31 +85,45 @@ def _starts_with_inside(sentence: list[str]) -> bool:
     return False
 
 
-def to_iob2(sentence: list[str], scheme: str, where: str, index: int) -> list[str]:
-    """One sentence's tags in IOB2; an impossible sequence for ``scheme`` names the sentence."""
-    out, previous = [], "O"
+def invalid_positions(sentence: list[str], scheme: str) -> list[int]:
+    """Positions whose tag cannot follow the tag before it in ``scheme``; for BIOES, also
+    ``len(sentence)`` when the sentence ends inside an entity. Empty: the sentence is valid."""
+    bad, previous = [], "O"
     for position, tag in enumerate(sentence):
         prefix, kind = tag[:1], tag[2:]
         if scheme == "iob1":
-            if prefix in ("E", "S"):
-                _impossible(where, index, position, tag, scheme)
-            if prefix == "I" and previous[2:] != kind:
-                tag = f"B-{kind}"  # IOB1's B- starts an entity wherever it stands, as conlleval reads it
+            wrong = prefix in ("E", "S")
         elif scheme == "iob2":
-            if prefix in ("E", "S") or (prefix == "I" and previous[2:] != kind):
-                _impossible(where, index, position, tag, scheme)
+            wrong = prefix in ("E", "S") or (prefix == "I" and previous[2:] != kind)
         else:  # bioes: B/I continue into I/E of the same type; E/S/O end an entity
             inside = previous[:1] in ("B", "I") and previous[2:] == kind
-            if prefix in ("I", "E") and not inside or prefix in ("B", "S", "O") and previous[:1] in ("B", "I"):
-                _impossible(where, index, position, tag, scheme)
-            tag = {"S": f"B-{kind}", "E": f"I-{kind}"}.get(prefix, tag)
-        out.append(tag)
-        previous = sentence[position] if scheme == "bioes" else tag
+            wrong = prefix in ("I", "E") and not inside or prefix in ("B", "S", "O") and previous[:1] in ("B", "I")
+        if wrong:
+            bad.append(position)
+        previous = tag
     if scheme == "bioes" and previous[:1] in ("B", "I"):
+        bad.append(len(sentence))
+    return bad
+
+
+def to_iob2(sentence: list[str], scheme: str, where: str, index: int) -> list[str]:
+    """One sentence's tags in IOB2; an impossible sequence for ``scheme`` names the sentence."""
+    bad = invalid_positions(sentence, scheme)
+    if bad and bad[0] == len(sentence):
         raise UserError(
-            f"{where}: sentence {index + 1} ends inside an entity ('{previous}' is never closed by E- or S-); "
+            f"{where}: sentence {index + 1} ends inside an entity ('{sentence[-1]}' is never closed by E- or S-); "
             "fix the tags or set data.tag_scheme"
         )
+    if bad:
+        _impossible(where, index, bad[0], sentence[bad[0]], scheme)
+    out, previous = [], "O"
+    for tag in sentence:
+        prefix, kind = tag[:1], tag[2:]
+        if scheme == "iob1" and prefix == "I" and previous[2:] != kind:
+            out.append(f"B-{kind}")  # IOB1's B- starts an entity wherever it stands, as conlleval reads it
+        else:
+            out.append({"S": f"B-{kind}", "E": f"I-{kind}"}.get(prefix, tag) if scheme == "bioes" else tag)
+        previous = tag
     return out
 
 

@@ -53,15 +53,22 @@ class TagMap(LabelMap):
 def token_split(path: str | Path, role: str, data, where: str | None = None) -> RawSplit:
     """One file of tagged sentences, tags converted to IOB2. Inputs are tuples of words."""
     where = where or f"data.{role}"
-    path = Path(path)
-    if path.suffix.lower() in CONLL_SUFFIXES:
-        sentences, tags, _ = read_conll(path, where, data.tag_column)
-    else:
-        sentences, tags = _table_sentences(path, where, data.tokens_column, data.tags_column)
+    sentences, tags, _ = tagged_sentences(path, data, where)
     scheme = None if data.tag_scheme == "auto" else data.tag_scheme
     tags, found = converted(tags, where, scheme)
-    source = f"{path} ({found.upper()} tags)"
+    source = f"{Path(path)} ({found.upper()} tags)"
     return RawSplit(role, [tuple(words) for words in sentences], tags, source)
+
+
+def tagged_sentences(path: str | Path, data, where: str) -> tuple[list, list, list[str]]:
+    """Words and tags (as written) per sentence, and where each sentence starts ("line 12" in
+    CoNLL, "data row 3" in a table)."""
+    path = Path(path)
+    if path.suffix.lower() in CONLL_SUFFIXES:
+        sentences, tags, starts = read_conll(path, where, data.tag_column)
+        return sentences, tags, [f"line {number}" for number in starts]
+    sentences, tags = _table_sentences(path, where, data.tokens_column, data.tags_column)
+    return sentences, tags, [f"data row {row}" for row in range(1, len(sentences) + 1)]
 
 
 def _table_sentences(path: Path, where: str, tokens_column: str, tags_column: str) -> tuple[list, list]:

@@ -13,6 +13,7 @@ from tunelab.errors import UserError
 from tunelab.io import write_json
 from tunelab.models.loading import load_tokenizer
 from tunelab.tasks import get_task
+from tunelab.tasks.base import Task
 
 AUDIT_JSON = "audit.json"
 AUDIT_PAGE = "audit.html"
@@ -23,11 +24,16 @@ def run_audit(
 ) -> dict:
     quiet_libraries()
     task = get_task(config)
-    if not task.has_classes:
+    own = type(task).audit is not Task.audit  # a task that audits its data its own way (tags)
+    if not task.has_classes and not own:
         raise UserError(f"audit: checks class labels (balance, label issues, leaks); task {task.name} has none")
+    if own and reference:
+        raise UserError(f"--reference: the domain-gap probe reads class data; task {task.name} has its own audit")
     tokenizer = load_tokenizer(config) if task.reads(config) == "text" else None
-    features = _feature_extractor(config, console, show) if tokenizer is not None and probe_rows > 0 else None
-    report = audit(config, tokenizer, features, probe_rows, reference)
+    report = task.audit(config, tokenizer)
+    if report is None:
+        features = _feature_extractor(config, console, show) if tokenizer is not None and probe_rows > 0 else None
+        report = audit(config, tokenizer, features, probe_rows, reference)
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -12,6 +12,10 @@ from tunelab.report.terminal import base_model_line, domain_gap_line, gap_line
 
 
 def write_audit_page(report: dict, path: Path) -> Path:
+    if report.get("task") == "token-classification":
+        from tunelab.report.tag_audit import write_tag_audit_page
+
+        return write_tag_audit_page(report, path)
     splits = report["splits"]
     sections = ["<h1>tunelab data audit</h1>"]
     if report["warnings"]:

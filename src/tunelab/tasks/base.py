@@ -71,6 +71,11 @@ class Task:
         input text or image, as ``predictions`` puts it."""
         return None
 
+    def audit(self, config, tokenizer) -> dict | None:
+        """The task's own data audit (``tunelab audit``); None: the class audit (balance,
+        duplicates, leakage, label errors) applies."""
+        return None
+
     # What follows derives from ``reads``; a task with another input overrides it.
 
     def read_split(self, path, role: str, config, where: str | None = None, extra: bool = False):

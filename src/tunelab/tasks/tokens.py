@@ -38,6 +38,11 @@ class TokenClassification(Task):
 
         return token_split(path, role, config.data, where)
 
+    def audit(self, config, tokenizer) -> dict:
+        from tunelab.data.tag_audit import tag_audit
+
+        return tag_audit(config, tokenizer)
+
     def targets(self, labels: list, config):
         from tunelab.data.tokens import TagMap
 
