@@ -245,7 +245,6 @@ def test_two_process_tagger_scores_equal_a_one_process_evaluation_of_its_model(
     """Token outputs differ in length from process to process: they are padded before the
     gather, and the scores of the two-process run equal one process's evaluation of its model."""
     from test_token_classification import ner_config, tagged_sentences, write_conll
-
     from tunelab.recipes.evaluate import run_evaluation
 
     files = {

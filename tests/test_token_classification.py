@@ -397,3 +397,49 @@ def test_max_train_examples_draws_whole_sentences(tiny_bert, ner_files, tmp_path
     config["train"] |= {"epochs": 1}
     results = train(config, tmp_path / "run")
     assert results["examples"]["train"] == 50 and results["final"]["validation"]["examples"] == 20
+
+
+def names_only(sentences) -> list:
+    """The same kind of sentences as a new task: people tagged NAME, every other type O."""
+    return [(words, [f"{t[:2]}NAME" if t.endswith("PER") else "O" for t in tags]) for words, tags in sentences]
+
+
+def test_a_retain_set_is_scored_by_the_base_taggers_own_head_before_and_after(
+    full_run, ner_files, tmp_path, write_config, capsys
+):
+    from tunelab.cli import main
+
+    base_run, first = full_run
+    new = {role: write_conll(tmp_path / f"{role}.txt", names_only(tagged_sentences(rows, seed)))
+           for role, rows, seed in (("train", 120, 7), ("validation", 40, 8))}  # fmt: skip
+    config = ner_config(None, new, train={"epochs": 2}) | {"output_dir": str(tmp_path / "run")}
+    config["model"] = {"source": str(base_run / MODEL)}
+    config["retain"] = [{"name": "three types", "data": {key: str(path) for key, path in ner_files.items()}
+                         | {"max_length": 32}}]  # fmt: skip
+    capsys.readouterr()
+    assert main(["train", str(write_config(config))]) == 0
+    assert "task (f1)" in capsys.readouterr().out  # the forgetting table, by the tagger's own metric
+    results = json.loads((tmp_path / "run" / RESULTS).read_text())
+    kept = results["retain"]["three types"]
+    assert kept["metric"] == "f1" and set(kept["final"]["per_type"]) == {"LOC", "ORG", "PER"}
+    # before training, the old head on the old body is the first run's tagger, scored the same way
+    assert kept["base"]["f1"] == pytest.approx(first["final"]["validation"]["f1"], abs=1e-6)
+    assert kept["forgetting"] == pytest.approx(kept["base"]["f1"] - kept["final"]["f1"])
+    assert results["final"]["validation"]["f1"] > results["base"]["validation"]["f1"]
+
+
+def test_a_retain_set_needs_a_token_head_of_the_base_models_own(tiny_bert, ner_files, tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tunelab.errors import UserError
+    from tunelab.forgetting.heads import own_head
+
+    sentences = tmp_path / "sentence-classifier"
+    small = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, id2label={0: "negative", 1: "positive"})  # fmt: skip
+    BertForSequenceClassification(small).save_pretrained(sentences)
+    assert own_head(validate(ner_config(sentences, ner_files))) is None  # a sentence head cannot tag words
+    config = ner_config(tiny_bert, ner_files, train={"epochs": 1})
+    config["retain"] = [{"name": "old", "data": {"train": str(ner_files["validation"])}}]
+    with pytest.raises(UserError, match="has no trained token-classification head of its own"):
+        run_training(validate(config), prepare_run_dir(tmp_path / "run", False), progress=False)

@@ -751,7 +751,7 @@ class RunConfig(Section):
         per_row = {"ewc", "lwf", "replay"} if task.class_outputs else set(FORGETTING_METHODS)
         needs = {
             "train.class_weights": self.train.class_weights, "train.resample": self.train.resample,
-            "data.group_column": self.data.group_column, "retain": self.retain,
+            "data.group_column": self.data.group_column, "retain": self.retain and not task.class_outputs,
             "forgetting": [m for m in self.forgetting.methods if m in per_row], "continual": self.continual,
             "distill": self.distill and not task.class_outputs,
         }  # fmt: skip

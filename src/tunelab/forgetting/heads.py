@@ -19,16 +19,18 @@ from tunelab.strategies.anatomy import anatomy
 
 
 def own_head(config) -> tuple[nn.Module, object] | None:
-    """The base model with its own trained head, and that head's label map; None when the base has
-    none (a random built-in, a pretrained encoder without a classification head)."""
-    from tunelab.data.labels import LabelMap
+    """The base model with its own trained head for the run's kind of task, and that head's
+    targets; None when the base has none (a random built-in, a pretrained encoder without a head,
+    a sentence classifier under a tagger)."""
     from tunelab.models import load_model
-    from tunelab.models.loading import own_label_names
+    from tunelab.models.loading import own_head_labels
+    from tunelab.tasks import get_task
 
-    names = own_label_names(config)
-    if len(names) < 2:
+    names, trained_for = own_head_labels(config)
+    per_token = trained_for == "token-classification"
+    if len(names) < 2 or trained_for is not None and per_token != (config.task == "token-classification"):
         return None
-    labels = LabelMap(names)
+    labels = get_task(config).saved_targets({"labels": list(names)})
     loaded = load_model(config, labels)
     if loaded.fresh_head:  # the folder's label names came without trained head weights
         return None

@@ -18,9 +18,7 @@ from tunelab.forgetting.heads import HeadTap, frozen_copy, head_module, head_nam
 from tunelab.forgetting.regularizers import WeightPull, anchor_weights, diagonal_fisher
 from tunelab.forgetting.replay import Replay
 from tunelab.forgetting.terms import LearningWithoutForgetting, OldHeadReplay, Pull
-from tunelab.tasks.classification import Classification
-
-CLASSES = Classification()  # a retain set is scored by the classes of the base model's own head
+from tunelab.tasks import get_task
 
 DRIFT_ROWS = 512  # validation rows whose features are compared before and after
 
@@ -28,7 +26,8 @@ DRIFT_ROWS = 512  # validation rows whose features are compared before and after
 @dataclass
 class ForgettingRun:
     tap: HeadTap
-    old_labels: object | None
+    old_labels: object | None  # the targets of the base model's own head, which scores retain sets
+    task: object  # the run's task, which scores them (accuracy of classes, entity F1 of tags)
     retain: dict = field(default_factory=dict)  # name -> loader of the split scored
     probe: object | None = None
     base_features: torch.Tensor | None = None
@@ -56,12 +55,12 @@ def _setup(config, loaded, model, accelerator, collate, datasets: dict, remember
         if found is None:
             wanted = "retain sets" if config.retain else f"forgetting.{methods[0]}"
             raise UserError(
-                f"{wanted}: model.source {config.model.source} has no trained classification head of its own "
+                f"{wanted}: model.source {config.model.source} has no trained {run_head(config)} head of its own "
                 "to score the old task with; forgetting.drift (feature drift) needs no head"
             )
         old_model, old_labels = found
     old_head = frozen_copy(head_module(old_model)) if old_model is not None else None
-    run = ForgettingRun(HeadTap(unwrapped, old_head).to(accelerator.device), old_labels)
+    run = ForgettingRun(HeadTap(unwrapped, old_head).to(accelerator.device), old_labels, get_task(config))
     retain_train = {}
     for entry in config.retain:
         scored, trained = _retain_splits(config, entry, loaded, old_labels)
@@ -77,6 +76,10 @@ def _setup(config, loaded, model, accelerator, collate, datasets: dict, remember
         run.base_features = remembered.tensor("drift", {"probe": run.probe}, measure) if remembered else measure()
     run.terms = _terms(config, unwrapped, run, old_model, retain_train, collate, accelerator)
     return run
+
+
+def run_head(config) -> str:
+    return "token-classification" if config.task == "token-classification" else "classification"
 
 
 def _retain_splits(config, entry, loaded, old_labels):
@@ -98,7 +101,7 @@ def score_retained(model, run: ForgettingRun, accelerator) -> dict:
     with run.tap:
         for name, loader in run.retain.items():
             scores[name] = evaluate_split(
-                model, loader, accelerator, CLASSES.scorer(run.old_labels), read_logits=lambda _: run.tap.old_logits
+                model, loader, accelerator, run.task.scorer(run.old_labels), read_logits=lambda _: run.tap.old_logits
             )
     return scores
 
@@ -115,11 +118,13 @@ def forgetting_results(model, run: ForgettingRun, accelerator) -> dict:
     results = {}
     if run.retain:
         after = score_retained(model, run, accelerator)
+        metric = run.task.default_metric
         results["retain"] = {
             name: {
+                "metric": metric,
                 "base": run.base_retain[name],
                 "final": after[name],
-                "forgetting": run.base_retain[name]["accuracy"] - after[name]["accuracy"],
+                "forgetting": run.base_retain[name][metric] - after[name][metric],
             }
             for name in run.retain
         }

@@ -446,8 +446,10 @@ def _simple_transform(image_size: int, mean: float = 0.5, std: float = 0.5, chan
     return SimpleImageTransform(image_size, mean, std, channels)
 
 
-def own_label_names(config) -> tuple[str, ...]:
-    """The labels the base model's own head names (a tunelab or Hugging Face folder), or ()."""
+def own_head_labels(config) -> tuple[tuple[str, ...], str | None]:
+    """The labels the base model's own head names (a tunelab or Hugging Face folder), or (), and
+    the task that head was trained for where the folder says (its tunelab meta, or an
+    architecture such as ``BertForTokenClassification``), else None."""
     source = config.model.source
     if source == "digits-cnn":
         from tunelab.models.builtin import digits_cnn_folder
@@ -458,11 +460,21 @@ def own_label_names(config) -> tuple[str, ...]:
     elif Path(source).is_dir():
         folder = Path(source)
     else:
-        return ()
+        return (), None
     meta = read_meta(folder) if (folder / TUNELAB_META).exists() else {}
     if "labels" in meta:
-        return tuple(meta["labels"])
-    return _saved_label_names(folder, LABEL_MAP) or _saved_label_names(folder)
+        return tuple(meta["labels"]), meta["task"]
+    names = _saved_label_names(folder, LABEL_MAP) or _saved_label_names(folder)
+    return names, _architecture_task(folder)
+
+
+def _architecture_task(folder: Path) -> str | None:
+    if not (folder / "config.json").exists():
+        return None
+    architectures = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or [""]
+    if architectures[0].endswith("ForTokenClassification"):
+        return "token-classification"
+    return "text-classification" if architectures[0].endswith("ForSequenceClassification") else None
 
 
 def _saved_targets(folder: Path, meta: dict):

@@ -29,6 +29,7 @@ from tunelab.errors import UserError
 from tunelab.io import write_atomic, write_json
 from tunelab.rates import HIGHEST_RATE, rate_factor
 from tunelab.report.compare import rate_text
+from tunelab.report.terminal import retain_metric
 from tunelab.rundir import REPORT
 from tunelab.strategies import STRATEGIES, strategy_class
 from tunelab.tasks import scalar_metrics
@@ -139,7 +140,8 @@ def _run_one(name: str, run_config: RunConfig, config_file: Path, run_dir: Path)
     }
     retain = results.get("retain", {})
     if retain:  # means over the retain sets
-        row["retain_accuracy"] = sum(r["final"]["accuracy"] for r in retain.values()) / len(retain)
+        metric = retain_metric(retain)
+        row["retain_score"] = sum(r["final"][metric] for r in retain.values()) / len(retain)
         row["forgetting"] = sum(r["forgetting"] for r in retain.values()) / len(retain)
     if "drift" in results:
         row["drift"] = results["drift"]["validation_cka"]

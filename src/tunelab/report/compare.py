@@ -27,7 +27,7 @@ COLUMNS = (  # headers on two short lines, so the table fits an 80-column termin
 FORGETTING_COLUMNS = (  # a second table, when some run measured forgetting
     ("strategy", "run"),
     ("test", "new task\ntest {metric}"),
-    ("retain", "retain sets\naccuracy"),
+    ("retain", "retain sets\nown metric"),  # accuracy of classes, entity F1 of tags
     ("forget", "forgetting\n(points)"),
     ("cka", "feature\nCKA"),
 )
@@ -51,7 +51,7 @@ def row_cells(row: dict, metric: str) -> dict[str, str]:
         "seconds": f"{row['train_seconds']:.1f}" if row["train_seconds"] < 100 else f"{row['train_seconds']:.0f}",
         "memory": f"{row['peak_memory_mb']:.0f}",
         "size": f"{row['checkpoint_mb']:.2f}",
-        "retain": "–" if row.get("retain_accuracy") is None else f"{row['retain_accuracy']:.3f}",
+        "retain": "–" if row.get("retain_score") is None else f"{row['retain_score']:.3f}",
         "forget": "–" if row.get("forgetting") is None else f"{100 * row['forgetting']:.1f}",
         "cka": "–" if row.get("drift") is None else f"{row['drift']:.3f}",
     }
@@ -158,6 +158,6 @@ def _gain_and_forgetting(summary: dict, metric: str) -> list[str]:
     points = [(row["strategy"], 100 * row["forgetting"], 100 * row[split][metric]) for row in rows]
     return [
         f"<h2>New task against forgetting</h2><p>{split} {escape(metric)} on the new task against the drop in "
-        "accuracy on the retain sets (mean over sets), in points: up and to the left is better.</p>",
+        "score on the retain sets (mean over sets), in points: up and to the left is better.</p>",
         image(plots.gain_vs_forgetting(points, f"{split} {metric} (%)"), "gain against forgetting"),
     ]

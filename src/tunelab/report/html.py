@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tunelab.io import read_jsonl, write_atomic
 from tunelab.report import plots
+from tunelab.report.terminal import retain_metric
 from tunelab.tasks import get_task, scalar_metrics
 
 STYLE = """
@@ -68,21 +69,22 @@ def _forgetting_section(results: dict) -> list[str]:
     """Retain sets before and after, and how far the features drifted."""
     sections = []
     if results.get("retain"):
+        metric = retain_metric(results["retain"])
         methods = ", ".join(sorted(set(results.get("forgetting_methods", {})) - {"drift"})) or "none"
         rows = "".join(
-            f"<tr><td>{escape(name)}</td><td>{_fmt(found['base']['accuracy'])}</td>"
-            f"<td>{_fmt(found['final']['accuracy'])}</td><td class='down'>{_fmt(-found['forgetting'], True)}</td></tr>"
+            f"<tr><td>{escape(name)}</td><td>{_fmt(found['base'][metric])}</td>"
+            f"<td>{_fmt(found['final'][metric])}</td><td class='down'>{_fmt(-found['forgetting'], True)}</td></tr>"
             for name, found in results["retain"].items()
         )
         series = {
-            "base": {name: found["base"]["accuracy"] for name, found in results["retain"].items()},
-            "fine-tuned": {name: found["final"]["accuracy"] for name, found in results["retain"].items()},
+            "base": {name: found["base"][metric] for name, found in results["retain"].items()},
+            "fine-tuned": {name: found["final"][metric] for name, found in results["retain"].items()},
         }
         sections += [
-            f"<h2>Forgetting</h2><p>Accuracy on what the base model already did, through its own head, before and "
-            f"after fine-tuning. Kept by: {escape(methods)}.</p>",
+            f"<h2>Forgetting</h2><p>{escape(metric)} on what the base model already did, through its own head, "
+            f"before and after fine-tuning. Kept by: {escape(methods)}.</p>",
             f"<table><tr><th>retain set</th><th>base</th><th>fine-tuned</th><th>change</th></tr>{rows}</table>",
-            image(plots.grouped_bars(series, "accuracy", (0, 1.02)), "retain sets before and after"),
+            image(plots.grouped_bars(series, metric, (0, 1.02)), "retain sets before and after"),
         ]
     if "drift" in results:
         cka = results["drift"]["validation_cka"]

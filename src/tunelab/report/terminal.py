@@ -87,24 +87,31 @@ def groups_table(results: dict, split: str) -> Group | None:
     return Group(table, Text(gap_line(tuned, results.get("base", {}).get(split, {}).get("groups"))))
 
 
+def retain_metric(retain: dict) -> str:
+    """The metric retain sets are scored by: the task's own (accuracy of classes, entity F1 of
+    tags); accuracy in results written before it was recorded."""
+    return next(iter(retain.values())).get("metric", "accuracy")
+
+
 def forgetting_table(results: dict) -> Table | None:
     """Each retain set before and after, beside what the new task gained."""
     retain = results.get("retain")
     if not retain:
         return None
+    metric = retain_metric(retain)
     methods = ", ".join(sorted(set(results.get("forgetting_methods", {})) - {"drift"})) or "none"
     table = Table(title=f"what the base model knew (kept by: {methods})")
-    for column in ("task", "base", "fine-tuned", "change"):
-        table.add_column(column, justify="left" if column == "task" else "right")
+    for column in (f"task ({metric})", "base", "fine-tuned", "change"):
+        table.add_column(column, justify="left" if column.startswith("task") else "right")
     split = "test" if "test" in results["final"] else "validation"
-    before, after = results.get("base", {}).get(split, {}).get("accuracy"), results["final"][split]["accuracy"]
+    before, after = results.get("base", {}).get(split, {}).get(metric), results["final"][split][metric]
     gain = "–" if before is None else f"{after - before:+.4f}"
     table.add_row(f"new task ({split})", _fmt(before), _fmt(after), gain, end_section=True)
     for name, found in retain.items():
         table.add_row(
             escape(name),
-            _fmt(found["base"]["accuracy"]),
-            _fmt(found["final"]["accuracy"]),
+            _fmt(found["base"][metric]),
+            _fmt(found["final"][metric]),
             f"{-found['forgetting']:+.4f}",
         )
     return table
